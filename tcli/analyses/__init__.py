@@ -1,0 +1,1 @@
+"""One module per command: each takes loaded (processed) weights and returns an ``output.Table``."""

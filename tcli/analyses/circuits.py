@@ -1,0 +1,86 @@
+"""The paper's circuits as factored matrices (row-vector orientation, SPEC §3).
+
+Legend: V = d_vocab, d = d_model, e = d_head, n_ctx = positions.
+  direct     W_E W_U                      [V, V]   rows: current token, cols: next-token logit
+  ov (full)  W_E W_V^h W_O^h W_U          [V, V]   rows: attended (source) token, cols: logit raised
+  qk (full)  W_E W_Q^h (W_E W_K^h)^T      [V, V]   rows: query (destination), cols: key (source); raw scores
+  wov        W_V^h W_O^h                  [d, d]
+  wqk        W_Q^h W_K^h^T                [d, d]
+  qk_pos     W_pos W_Q^h (W_pos W_K^h)^T  [n_ctx, n_ctx]
+Rotary models: the token QK circuit is the content term at relative offset N (default 0): the
+query side is rotated by N positions, as the forward pass rotates it (exact: rotary scores
+depend on the offset only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.factored import Factored
+from ..errors import InputError
+from ..forward import rotary_tables, apply_rotary
+
+CIRCUITS = ("direct", "ov", "qk", "wov", "wqk")
+
+
+def direct(w) -> Factored:
+    return Factored(w["embed.W_E"], w["unembed.W_U"])
+
+
+def wov(w, l: int, h: int) -> Factored:
+    return Factored(w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h])
+
+
+def wqk(w, l: int, h: int) -> Factored:
+    return Factored(w[f"blocks.{l}.attn.W_Q"][h], w[f"blocks.{l}.attn.W_K"][h].T)
+
+
+def ov(w, l: int, h: int) -> Factored:
+    """Full OV circuit W_E W_V W_O W_U, factored through d_head: [V, e] @ [e, V]."""
+    return Factored(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h] @ w["unembed.W_U"])
+
+
+def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
+    """Rows of x [n, e] rotated as a query or key at ``position``."""
+    if cfg.positional != "rotary" or position == 0:
+        return x
+    cos, sin = rotary_tables(cfg, np.array([position]))
+    return apply_rotary(x[None], cos, sin, cfg.rotary_dim)[0]
+
+
+def qk(w, l: int, h: int, offset: int = 0) -> Factored:
+    """Full QK circuit (W_E W_Q)(W_E W_K)^T, factored through d_head; keys ``offset`` positions back."""
+    cfg = w.cfg
+    if offset and cfg.positional != "rotary":
+        raise InputError("--offset applies to rotary models only", f"this {cfg.family} model has {cfg.positional} positions")
+    q = _rotate(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_Q"][h], cfg, offset)
+    k = w["embed.W_E"] @ w[f"blocks.{l}.attn.W_K"][h]
+    return Factored(q, k.T)
+
+
+def qk_positional(w, l: int, h: int) -> Factored:
+    """Positional QK circuit (W_pos W_Q)(W_pos W_K)^T [n_ctx, n_ctx] for learned positions."""
+    if w.cfg.positional != "learned":
+        raise InputError(f"--positional needs learned position embeddings; this model's are {w.cfg.positional}")
+    W_pos = w["embed.W_pos"]
+    return Factored(W_pos @ w[f"blocks.{l}.attn.W_Q"][h], (W_pos @ w[f"blocks.{l}.attn.W_K"][h]).T)
+
+
+def circuit(w, name: str, l: int | None = None, h: int | None = None) -> Factored:
+    if name == "direct":
+        return direct(w)
+    return {"ov": ov, "qk": qk, "wov": wov, "wqk": wqk}[name](w, l, h)
+
+
+def all_heads(cfg) -> list[tuple[int, int]]:
+    return [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+
+
+def check_heads(cfg, heads: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Validate (layer, head) pairs against the model; one clear error for the first bad one."""
+    for l, h in heads:
+        if not 0 <= l < cfg.n_layers:
+            raise InputError(f"layer {l} out of range: the model has {cfg.n_layers} layers (0–{cfg.n_layers - 1})")
+        if not 0 <= h < cfg.n_heads:
+            raise InputError(f"head {l}.{h} out of range: layer {l} has {cfg.n_heads} heads (0–{cfg.n_heads - 1})")
+    return heads

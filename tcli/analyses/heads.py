@@ -1,0 +1,49 @@
+"""``heads``: the census, one row per head, computed from d_model-sized Gram matrices.
+
+For a full circuit A B with A = W_E X [V, e] and B = Y W_U [e, V]:
+  AᵀA = Xᵀ (W_Eᵀ W_E) X and B Bᵀ = Y (W_U W_Uᵀ) Yᵀ (e × e), so singular values (σ of A B from the
+  Grams, core/factored.svdvals_from_grams) and ‖A B‖_F = sqrt(tr(AᵀA · B Bᵀ)) need no
+  vocab-sized work per head; the eigenvalues of A B are those of B A = Y (W_U W_E) X [e, e].
+Columns: copying_score (Σ Re λ / Σ |λ| of the full OV circuit), wov_copying_score (same for
+W_V W_O), ov_frobenius / qk_frobenius (full circuits), ov_top_singular_value and ov_effective_rank
+(full OV), prev_token_score and induction_score (behaviour.py), wov_frobenius, wqk_frobenius.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.factored import copying_score, effective_rank, svdvals_from_grams
+from ..output.table import Table
+from .behaviour import head_scores
+
+COLUMNS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
+           "ov_top_singular_value", "ov_effective_rank", "prev_token_score", "induction_score",
+           "wov_frobenius", "wqk_frobenius"]
+
+
+def census(w, behaviour: bool = True, progress=None) -> Table:
+    cfg = w.cfg
+    f64 = np.float64
+    W_E, W_U = w["embed.W_E"].astype(f64), w["unembed.W_U"].astype(f64)
+    G_E = W_E.T @ W_E  # [d, d]
+    G_U = W_U @ W_U.T  # [d, d]
+    UE = W_U @ W_E  # [d, d]
+    prev, induction = head_scores(w, progress) if behaviour else (None, None)
+    rows = []
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}.attn."
+        WQ, WK, WV, WO = (w[p + n].astype(f64) for n in ("W_Q", "W_K", "W_V", "W_O"))
+        for h in range(cfg.n_heads):
+            GA, GB = WV[h].T @ G_E @ WV[h], WO[h] @ G_U @ WO[h].T  # full OV Grams [e, e]
+            s = svdvals_from_grams(GA, GB)
+            lam = np.linalg.eigvals(WO[h] @ UE @ WV[h])
+            lam_w = np.linalg.eigvals(WO[h] @ WV[h])
+            GQ, GK = WQ[h].T @ G_E @ WQ[h], WK[h].T @ G_E @ WK[h]
+            rows.append((l, h, copying_score(lam), copying_score(lam_w), float(np.sqrt(max(np.trace(GA @ GB), 0))),
+                         float(np.sqrt(max(np.trace(GQ @ GK), 0))), float(s[0]), effective_rank(s),
+                         float(prev[l, h]) if prev is not None else None,
+                         float(induction[l, h]) if induction is not None else None,
+                         float(np.sqrt(max(np.trace((WV[h].T @ WV[h]) @ (WO[h] @ WO[h].T)), 0))),
+                         float(np.sqrt(max(np.trace((WQ[h].T @ WQ[h]) @ (WK[h].T @ WK[h])), 0)))))
+    return Table.from_rows(COLUMNS, rows, title="Head census")

@@ -1,0 +1,42 @@
+"""``info``: what tcli read from a checkpoint (SPEC §5 keys), and its tensor list."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..output.table import Table
+
+INFO_COLUMNS = ["family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx",
+                "norm", "positional", "act_fn", "attn_only", "parallel_attn_mlp", "tied_embeddings", "dtype",
+                "processing", "tokenizer", "n_params", "norm_placement", "rotary_dim", "rotary_base", "unembed",
+                "compute_dtype", "path"]
+
+
+def info_record(ckpt, w) -> dict:
+    cfg = ckpt.config
+    n_params = sum(int(np.prod(f.infos[n].shape)) for n, f in ckpt.index.items())
+    steps = getattr(w, "steps", ())
+    return {
+        "family": cfg.family, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+        "d_model": cfg.d_model, "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab,
+        "n_ctx": cfg.n_ctx, "norm": cfg.norm, "positional": cfg.positional, "act_fn": cfg.act_fn,
+        "attn_only": cfg.attn_only, "parallel_attn_mlp": cfg.parallel_attn_mlp,
+        "tied_embeddings": cfg.tied_embeddings, "dtype": ckpt.stored_dtype,
+        "processing": ",".join(steps) if steps else "none",
+        "tokenizer": str(ckpt.tokenizer_path) if ckpt.tokenizer_path else None, "n_params": n_params,
+        "norm_placement": cfg.norm_placement,
+        "rotary_dim": cfg.rotary_dim if cfg.positional == "rotary" else None,
+        "rotary_base": cfg.rotary_base if cfg.positional == "rotary" else None,
+        "unembed": cfg.unembed_note or ("tied to W_E" if cfg.tied_embeddings else "separate W_U"),
+        "compute_dtype": str(w.dtype), "path": str(ckpt.path),
+    }
+
+
+def info_table(ckpt, w) -> Table:
+    rec = info_record(ckpt, w)
+    return Table.from_rows(INFO_COLUMNS, [[rec[c] for c in INFO_COLUMNS]], title=f"{ckpt.path}", record=True)
+
+
+def tensors_table(ckpt) -> Table:
+    rows = [(i.name, i.dtype, "x".join(map(str, i.shape)), int(np.prod(i.shape))) for i in ckpt.tensor_infos()]
+    return Table.from_rows(["name", "dtype", "shape", "n_params"], rows, title=f"{ckpt.path}: tensors")

@@ -1,0 +1,227 @@
+"""Family specs: one YAML file per family says how to detect it, read its config and map its tensors.
+
+A spec (see ``families/*.yaml`` and docs/families.md) has:
+  family:   name
+  extends:  another family whose keys this one inherits (optional)
+  detect:   {model_type: [...], architectures: [...], tensors: [...]}  (any match detects)
+  prefixes: name prefixes tried before each source name (e.g. ``transformer.``)
+  config:   ModelConfig field -> config.json key, or {keys: [k, a.b], default: expr, map: {...}}
+  fixed:    ModelConfig field -> constant
+  tensors:  canonical name (``{l}`` = layer) -> {from: src | [srcs], tied: src, rearrange: pattern,
+            index: i, missing: zeros | ones}
+Rearrange patterns use einops grammar with the sizes h=n_heads, k=n_kv_heads, e=d_head,
+d=d_model, m=d_mlp, v=d_vocab, n=n_ctx, three=3.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import CheckpointError, InputError
+
+FAMILY_DIR = Path(__file__).parent / "families"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    family: str
+    detect: dict
+    prefixes: tuple[str, ...]
+    config: dict
+    fixed: dict
+    tensors: dict
+    source: str
+
+    def matches(self, config: dict, tensor_names) -> bool:
+        if config.get("model_type") in self.detect.get("model_type", []):
+            return True
+        if set(config.get("architectures") or []) & set(self.detect.get("architectures", [])):
+            return True
+        if not config.get("model_type"):
+            for marker in self.detect.get("tensors", []):
+                if any(name == p + marker for p in ("",) + self.prefixes for name in tensor_names):
+                    return True
+        return False
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read architecture file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"architecture file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or "tensors" not in data and "extends" not in data:
+        raise InputError(f"architecture file {path} has no 'tensors' mapping", "see docs/families.md")
+    return data
+
+
+def load_spec(path: str | Path) -> FamilySpec:
+    """Read a family YAML (resolving ``extends`` against the built-in families)."""
+    path = Path(path)
+    data = _load_yaml(path)
+    if "extends" in data:
+        parent = builtin_spec(data["extends"])
+        base = {"family": parent.family, "detect": parent.detect, "prefixes": list(parent.prefixes),
+                "config": parent.config, "fixed": parent.fixed, "tensors": parent.tensors}
+        data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+    return FamilySpec(
+        family=str(data.get("family", path.stem)),
+        detect=data.get("detect") or {},
+        prefixes=tuple(data.get("prefixes") or ()),
+        config=data.get("config") or {},
+        fixed=data.get("fixed") or {},
+        tensors=data.get("tensors") or {},
+        source=str(path),
+    )
+
+
+@lru_cache(maxsize=None)
+def builtin_spec(name: str) -> FamilySpec:
+    path = FAMILY_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise InputError(f"unknown family '{name}'", f"built-in families: {', '.join(builtin_names())}")
+    return load_spec(path)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in FAMILY_DIR.glob("*.yaml"))
+
+
+def detect(config: dict, tensor_names) -> FamilySpec:
+    """The built-in family whose ``detect`` rules match the config or, failing that, the tensor names."""
+    specs = [builtin_spec(n) for n in builtin_names()]
+    for spec in specs:
+        if spec.matches(config, tensor_names):
+            return spec
+    seen = sorted(tensor_names)
+    shown = ", ".join(seen[:6]) + (", …" if len(seen) > 6 else "")
+    what = f"model_type '{config['model_type']}'" if config.get("model_type") else f"tensors {shown}"
+    raise CheckpointError(
+        f"unknown model family ({what})",
+        f"supported: {', '.join(builtin_names())}; describe the layout in a YAML file and pass --arch FILE.yaml",
+    )
+
+
+# ---------------------------------------------------------------- config expressions
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv}
+
+
+def evaluate(expr, names: dict):
+    """A default: a constant, a plain word (``gelu_new``), or arithmetic over fields read so far."""
+    if not isinstance(expr, str) or (expr.isidentifier() and expr not in names):
+        return expr
+
+    def ev(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise InputError(f"cannot evaluate the default '{expr}' in a family spec")
+
+    try:
+        return ev(ast.parse(expr, mode="eval").body)
+    except SyntaxError:
+        raise InputError(f"cannot evaluate the default '{expr}' in a family spec") from None
+
+
+def lookup(config: dict, key: str):
+    """``config[a][b]`` for the dotted key ``a.b``; ``KeyError`` if absent or null."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def read_config(spec: FamilySpec, config: dict) -> dict:
+    """Map a checkpoint's config dict to ModelConfig-named values with the spec's rules."""
+    values: dict = {}
+    for field_name, rule in spec.config.items():
+        if not isinstance(rule, dict):
+            rule = {"keys": [rule]}
+        keys = rule.get("keys") or []
+        keys = [keys] if isinstance(keys, str) else keys
+        for key in keys:
+            try:
+                value = lookup(config, key)
+                break
+            except KeyError:
+                continue
+        else:
+            if "default" not in rule:
+                raise CheckpointError(
+                    f"config has no '{keys[0] if keys else field_name}' ({spec.family} needs it for {field_name})"
+                )
+            value = evaluate(rule["default"], values)
+        if "map" in rule:
+            mapping = rule["map"]
+            if value not in mapping:
+                raise CheckpointError(f"unsupported {keys[0] if keys else field_name} '{value}' for {spec.family}",
+                                      f"supported: {', '.join(map(str, mapping))}")
+            value = mapping[value]
+        values[field_name] = value
+    values.update(spec.fixed)
+    return values
+
+
+# ---------------------------------------------------------------- rearrange
+def _groups(side: str) -> list[list[str]]:
+    out, cur = [], None
+    for tok in side.replace("(", " ( ").replace(")", " ) ").split():
+        if tok == "(":
+            cur = []
+        elif tok == ")":
+            out.append(cur)
+            cur = None
+        elif cur is not None:
+            cur.append(tok)
+        else:
+            out.append([tok])
+    return out
+
+
+def rearrange(x: np.ndarray, pattern: str, sizes: dict[str, int]) -> np.ndarray:
+    """einops-style ``rearrange`` restricted to splitting, permuting and merging axes.
+
+    >>> rearrange(np.zeros((4, 6)), "d (three h e) -> three h d e", dict(three=3, h=1)).shape
+    (3, 1, 4, 2)
+    """
+    lhs, rhs = (_groups(s) for s in pattern.split("->"))
+    if len(lhs) != x.ndim:
+        raise ValueError(f"expected {len(lhs)} axes, got shape {list(x.shape)}")
+    known = dict(sizes)
+    for group, dim in zip(lhs, x.shape):
+        unknown = [n for n in group if n not in known]
+        prod = int(np.prod([known[n] for n in group if n in known]))
+        if len(unknown) > 1:
+            raise ValueError(f"cannot infer the sizes of {unknown}")
+        if unknown:
+            if prod == 0 or dim % prod:
+                raise ValueError(f"axis of {dim} does not split by {prod}")
+            known[unknown[0]] = dim // prod
+        elif prod != dim:
+            names = "·".join(group)
+            raise ValueError(f"axis ({names}) should be {prod}, is {dim} (shape {list(x.shape)})")
+    flat = [n for g in lhs for n in g]
+    x = x.reshape([known[n] for n in flat])  # split grouped axes
+    x = x.transpose([flat.index(n) for g in rhs for n in g])
+    return x.reshape([int(np.prod([known[n] for n in g])) for g in rhs])  # merge groups

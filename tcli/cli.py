@@ -1,0 +1,383 @@
+"""The ``tcli`` command line: parse strings into typed requests, run one analysis, render its Table.
+
+Grammar of every command: ``tcli COMMAND [CHECKPOINT] [L.H ...] [options]``. Heavy imports
+(numpy, safetensors, tokenizers) happen inside the commands so that ``tcli --help`` is fast.
+"""
+
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from . import __version__
+from .errors import InputError, TcliError
+
+app = typer.Typer(
+    name="tcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, rich_markup_mode=None,
+    help="Interpretable tables from the weights of transformer checkpoints (Elhage et al., 2021).\n\n"
+         "Every command: tcli COMMAND [CHECKPOINT] [L.H ...] [options]. Without a CHECKPOINT the bundled "
+         "sample in sample_weights/ is used (each command's --help names it).",
+)
+
+HEAD = re.compile(r"^(\d+)\.(\d+)$")
+
+# ---------------------------------------------------------------- shared options
+Target = Annotated[Optional[List[str]], typer.Argument(
+    help="[CHECKPOINT] [L.H ...]: a checkpoint directory or .safetensors file (omitted: the bundled sample), "
+         "then heads as LAYER.HEAD, e.g. 1.3", show_default=False, metavar="[CHECKPOINT] [L.H ...]")]
+Arch = Annotated[Optional[Path], typer.Option("--arch", help="Family YAML describing a custom tensor layout.")]
+Raw = Annotated[bool, typer.Option("--raw", help="No weight processing (no LayerNorm folding or centering).")]
+DType = Annotated[str, typer.Option("--dtype", help="Computation dtype: float32 or float64.")]
+Fmt = Annotated[Optional[str], typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
+                                            "(default: table on a terminal, tsv when piped).")]
+Out = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to FILE (atomically); format from "
+                                            "its extension unless --format is given.")]
+Csv = Annotated[bool, typer.Option("--csv", help="Same as --format csv.")]
+Tsv = Annotated[bool, typer.Option("--tsv", help="Same as --format tsv.")]
+Json = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+Nl = Annotated[bool, typer.Option("--nl", help="Same as --format jsonl (JSON lines).")]
+NoHeaders = Annotated[bool, typer.Option("--no-headers", help="Omit the header row (csv, tsv).")]
+Top = Annotated[int, typer.Option("--top", "-k", help="Entries per row (per-row modes).")]
+Tokens = Annotated[Optional[List[str]], typer.Option("--token", "-t", help="Row token: text (' the') or id "
+                                                     "(#464). Repeatable.")]
+AllRows = Annotated[bool, typer.Option("--all", help="Every row of the matrix.")]
+Global = Annotated[Optional[int], typer.Option("--global", help="The N largest entries of the whole matrix "
+                                               "(the default mode, with N = 30).")]
+Bottom = Annotated[bool, typer.Option("--bottom", help="Rank the most negative entries instead.")]
+AllHeads = Annotated[bool, typer.Option("--all-heads", help="Every head of the model.")]
+
+
+class Options:
+    """What every command shares: the checkpoint, processing and output choices."""
+
+    def __init__(self, target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample):
+        from .output.render import choose_format
+
+        flags = [f for f, on in (("csv", csv), ("tsv", tsv), ("json", json), ("jsonl", nl)) if on]
+        if len(flags) > 1 or (flags and fmt and fmt != flags[0]):
+            raise InputError("choose one output format", "--format, --csv, --tsv, --json or --nl")
+        self.fmt = choose_format(fmt or (flags[0] if flags else None), out)
+        self.out, self.headers = out, not no_headers
+        if dtype not in ("float32", "float64"):
+            raise InputError(f"--dtype {dtype}: choose float32 or float64")
+        self.dtype, self.raw, self.arch = dtype, raw, arch
+        self.checkpoint, self.heads = split_target(target or [])
+        self.sample = sample
+        self._loaded = None
+
+    def load(self):
+        """(checkpoint, processed weights, vocab), loaded once."""
+        if self._loaded is None:
+            import numpy as np
+
+            from .checkpoint import open_checkpoint, resolve_default
+            from .checkpoint.tokens import Vocab
+            from .processing import process
+
+            ckpt = open_checkpoint(self.checkpoint or resolve_default(self.sample), self.arch)
+            weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw)
+            self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
+        return self._loaded
+
+    def selected_heads(self, all_heads: bool, required: bool = True):
+        from .analyses.circuits import all_heads as every_head, check_heads
+
+        _, w, _ = self.load()
+        if all_heads:
+            return every_head(w.cfg)
+        if required and not self.heads:
+            raise InputError("no head given", "name heads as L.H (e.g. 0.1) or pass --all-heads")
+        return check_heads(w.cfg, self.heads)
+
+    def render(self, table):
+        from .output.render import render
+
+        render(table, self.fmt, self.out, self.headers)
+
+
+def split_target(args: list[str]) -> tuple[str | None, list[tuple[int, int]]]:
+    """Positional words: ``L.H`` heads, and at most one checkpoint path."""
+    checkpoint, heads = None, []
+    for a in args:
+        m = HEAD.match(a)
+        if m and not Path(a).exists():
+            heads.append((int(m.group(1)), int(m.group(2))))
+        elif checkpoint is None:
+            checkpoint = a
+        else:
+            raise InputError(f"unexpected argument {a!r}: a checkpoint ({checkpoint!r}) is already given",
+                             "heads are written LAYER.HEAD, e.g. 1.3")
+    return checkpoint, heads
+
+
+def handle_errors(fn):
+    """Map tcli errors to one stderr line and exit code 2 (input) or 1 (internal); no tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TcliError as exc:
+            print(f"tcli: error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except typer.Exit:
+            raise
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except KeyboardInterrupt:
+            print("tcli: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except MemoryError:
+            print("tcli: error: out of memory (try a smaller --top, fewer heads, or float32)", file=sys.stderr)
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            if os.environ.get("TCLI_DEBUG"):
+                raise
+            print(f"tcli: internal error: {type(exc).__name__}: {exc} (set TCLI_DEBUG=1 for the traceback)",
+                  file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def common(sample: str = "attn-only-1l"):
+    """Decorator: the shared options, parsed into an ``Options`` passed as the first argument."""
+
+    def decorate(fn):
+        def wrapper(target: Target = None, arch: Arch = None, raw: Raw = False, dtype: DType = "float32",
+                    fmt: Fmt = None, out: Out = None, csv: Csv = False, tsv: Tsv = False, json: Json = False,
+                    nl: Nl = False, no_headers: NoHeaders = False, **kwargs):
+            opts = Options(target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample)
+            return fn(opts, **kwargs)
+
+        import inspect
+
+        shared = list(inspect.signature(wrapper).parameters.values())[:-1]
+        own = list(inspect.signature(fn).parameters.values())[1:]
+        command = handle_errors(wrapper)
+        del command.__wrapped__  # typer must read the signature below
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.__signature__ = inspect.Signature(shared + own)
+        command.__annotations__ = {p.name: p.annotation for p in shared + own}
+        return command
+
+    return decorate
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise InputError(f"{name} must be a positive integer, got {value}")
+
+
+def _rows(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int):
+    """Row selection shared by bigram/ov/qk: (row ids or None for all, global N or None)."""
+    _positive("--top", k)
+    _positive("--global", global_n)
+    _, _, vocab = opts.load()
+    if tokens:
+        return [vocab.token_id(t) for t in tokens], None
+    if all_rows:
+        return None, None
+    return None, global_n or 30
+
+
+def _progress_total(opts, rows, n_units: int = 1) -> int:
+    _, w, _ = opts.load()
+    return (w.cfg.d_vocab if rows is None else len(rows)) * n_units
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+@common()
+def info(opts: Options, tensors: Annotated[bool, typer.Option("--tensors", help="List tensor names, "
+                                                              "shapes and dtypes.")] = False):
+    """Family, dimensions, norm/positional/activation kinds, dtype, processing, tokenizer, parameters.
+
+    Columns (json keys): family, n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, d_vocab, n_ctx,
+    norm, positional, act_fn, attn_only, parallel_attn_mlp, tied_embeddings, dtype, processing, tokenizer,
+    n_params, then norm_placement, rotary_dim, rotary_base, unembed, path. --tensors: name, dtype, shape,
+    n_params. Default checkpoint: attn-only-1l."""
+    from .analyses.info import info_table, tensors_table
+
+    ckpt, w, _ = opts.load()
+    opts.render(tensors_table(ckpt) if tensors else info_table(ckpt, w))
+
+
+@app.command()
+@common(sample="attn-only-0l")
+def bigram(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+           bottom: Bottom = False):
+    """Direct path W_E W_U: which next tokens each token promotes (logits).
+
+    Rows are the current token (src), columns the next-token logit (dst). Default: the 30 largest
+    entries overall (--global); --token/--all give the top -k per row. Columns: src_id, src_token, rank,
+    dst_id, dst_token, value. Default checkpoint: attn-only-0l (the zero-layer model, whose direct
+    path is its bigram table)."""
+    from .analyses.ranked import bigram as run
+    from .output.progress import progress
+
+    rows, global_n = _rows(opts, token, all_rows, global_n, k)
+    _, w, vocab = opts.load()
+    with progress(_progress_total(opts, rows), "direct path") as advance:
+        opts.render(run(w, vocab, k, rows, global_n, bottom, advance))
+
+
+@app.command()
+@common()
+def ov(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+       bottom: Bottom = False, all_heads: AllHeads = False):
+    """Full OV circuit W_E W_V W_O W_U of heads: which logits each attended token raises.
+
+    Rows are the attended (source) token, columns the output logit. Columns: layer, head, src_id,
+    src_token, rank, out_id, out_token, value. Default checkpoint: attn-only-1l."""
+    from .analyses.ranked import ov as run
+    from .output.progress import progress
+
+    heads = opts.selected_heads(all_heads)
+    rows, global_n = _rows(opts, token, all_rows, global_n, k)
+    _, w, vocab = opts.load()
+    with progress(_progress_total(opts, rows, len(heads)), "OV circuits") as advance:
+        opts.render(run(w, vocab, heads, k, rows, global_n, bottom, advance))
+
+
+@app.command()
+@common()
+def qk(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+       bottom: Bottom = False, all_heads: AllHeads = False,
+       positional: Annotated[bool, typer.Option("--positional", help="W_pos W_QK W_pos^T (learned positions); "
+                                                "rows/cols are positions, --token takes #POSITION.")] = False,
+       offset: Annotated[int, typer.Option("--offset", help="Rotary models: keys N positions before the "
+                                           "query.")] = 0,
+       scaled: Annotated[bool, typer.Option("--scaled", help="Divide scores by sqrt(d_head).")] = False):
+    """Full QK circuit W_E W_Q W_K^T W_E^T of heads: which key tokens each query token attends to.
+
+    Rows are the query (destination) token, columns the key (source) token, values raw attention
+    scores. Columns: layer, head, query_id, query_token, rank, key_id, key_token, value.
+    Default checkpoint: attn-only-1l."""
+    from .analyses.ranked import qk as run
+    from .output.progress import progress
+
+    heads = opts.selected_heads(all_heads)
+    _, w, vocab = opts.load()
+    if positional:
+        _positive("--top", k)
+        _positive("--global", global_n)
+        rows = [_position(t, w.cfg.n_ctx) for t in token] if token else None
+        global_n = None if (token or all_rows) else (global_n or 30)
+    else:
+        rows, global_n = _rows(opts, token, all_rows, global_n, k)
+    if offset < 0:
+        raise InputError("--offset must be 0 or more (keys come before the query)")
+    with progress(0 if positional else _progress_total(opts, rows, len(heads)), "QK circuits") as advance:
+        opts.render(run(w, vocab, heads, k, rows, global_n, bottom, offset, scaled, positional, advance))
+
+
+def _position(text: str, n_ctx: int) -> int:
+    t = text.lstrip("#")
+    if not t.isdigit() or int(t) >= n_ctx:
+        raise InputError(f"position {text!r} must be #0 … #{n_ctx - 1}")
+    return int(t)
+
+
+@app.command()
+@common()
+def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: AllHeads = False):
+    """Skip-trigrams "A … B → C" of heads: B attends back to A, and A raises C.
+
+    score = min(z_qk, z_ov), where z_qk = (QK[B, A] − mean QK) / std QK and z_ov = (OV[A, C] − mean OV) /
+    std OV over the whole circuits: a skip-trigram is as strong as its weaker link. The top -k
+    triples are exact. --token restricts the source A. Columns: layer, head, rank, src_id, src_token,
+    dst_id, dst_token, out_id, out_token, qk, ov, score. Default checkpoint: attn-only-1l."""
+    from .analyses.skiptrigram import skiptrigram as run
+    from .output.progress import progress
+
+    _positive("--top", k)
+    heads = opts.selected_heads(all_heads)
+    _, w, vocab = opts.load()
+    sources = [vocab.token_id(t) for t in token] if token else None
+    total = (len(sources) if sources else w.cfg.d_vocab) * len(heads)
+    with progress(total, "skip-trigrams") as advance:
+        opts.render(run(w, vocab, heads, k, sources, advance))
+
+
+@app.command()
+@common()
+def spectrum(opts: Options, circuit: Annotated[str, typer.Option("--circuit", "-c", help="direct, ov, qk, wov "
+                                                                 "or wqk.")] = "ov",
+             k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the first K values.")] = None,
+             eigen: Annotated[bool, typer.Option("--eigen", help="Eigenvalues instead of singular values.")] = False,
+             all_heads: AllHeads = False):
+    """Singular values (or eigenvalues) of a circuit, exact from its factors.
+
+    Circuits: direct (W_E W_U), ov (W_E W_OV W_U), qk (W_E W_QK W_E^T), wov (W_V W_O), wqk (W_Q W_K^T).
+    Columns: circuit, layer, head, index (from 1), singular_value, cumulative_variance; with --eigen:
+    circuit, layer, head, index, real, imag, abs. Effective rank and top-5 variance share are
+    printed as notes. Default checkpoint: attn-only-1l (--all-heads when no head is named)."""
+    from .analyses.spectrum import spectrum as run
+
+    _positive("--top", k)
+    heads = [] if circuit == "direct" else opts.selected_heads(all_heads or not opts.heads)
+    _, w, _ = opts.load()
+    opts.render(run(w, circuit, heads, k, eigen))
+
+
+@app.command()
+@common(sample="attn-only-2l")
+def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
+                                                                    "passes (behavioural columns empty).")] = False):
+    """Head census: copying scores, norms, spectra and behaviour, one row per head.
+
+    Columns: layer, head, copying_score, wov_copying_score, ov_frobenius, qk_frobenius,
+    ov_top_singular_value, ov_effective_rank, prev_token_score, induction_score, wov_frobenius,
+    wqk_frobenius. Behavioural scores use seeded random tokens (see docs/commands.md).
+    Default checkpoint: attn-only-2l."""
+    from .analyses.behaviour import BATCH
+    from .analyses.heads import census
+    from .output.progress import progress
+
+    _, w, _ = opts.load()
+    with progress(0 if no_behaviour else 2 * BATCH, "forward passes") as advance:
+        opts.render(census(w, not no_behaviour, advance))
+
+
+@app.command()
+@common(sample="attn-only-2l")
+def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--kind", help="q, k or v "
+                                                                             "(repeatable; default all).")] = None,
+            k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the K strongest pairs.")] = None):
+    """Q/K/V composition scores ‖A B‖_F / (‖A‖_F ‖B‖_F) for every pair of heads across layers.
+
+    A = W_OV of the earlier head; B = W_QK (q), W_QK^T (k) or W_OV (v) of the later head. Ranked by
+    score, with a seeded random baseline beside each. Columns: kind, layer1, head1, layer2, head2, score,
+    baseline. Default checkpoint: attn-only-2l."""
+    from .analyses.compose import compose as run
+
+    _positive("--top", k)
+    kinds = tuple(kind or ("q", "k", "v"))
+    bad = [x for x in kinds if x not in ("q", "k", "v")]
+    if bad:
+        raise InputError(f"--kind {bad[0]!r}: choose q, k or v")
+    _, w, _ = opts.load()
+    opts.render(run(w, kinds, k))
+
+
+def _version(value: bool):
+    if value:
+        print(f"tcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False):
+    """Interpretable tables from the weights of transformer checkpoints."""
+
+
+def main():
+    app(prog_name="tcli")

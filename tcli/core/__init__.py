@@ -1,0 +1,1 @@
+"""Circuit maths on plain numpy arrays: factored matrices and streamed selection. No checkpoints, no tokens."""

@@ -1,0 +1,101 @@
+"""Architecture facts of a model (``ModelConfig``) and the canonical tensor names.
+
+Dimension legend used across tcli:
+  V = d_vocab, d = d_model, H = n_heads, H_kv = n_kv_heads, e = d_head, m = d_mlp,
+  L = n_layers, n_ctx = context length, T = prompt length.
+
+Canonical layout (row vectors, x @ W), as TransformerLens:
+  embed.W_E [V, d]            embed.W_pos [n_ctx, d]       embed.W_tt [n_types, d]
+  embed.ln.w/b [d]            (BERT's LayerNorm after the embeddings)
+  blocks.{l}.ln1.w/b [d]      blocks.{l}.ln2.w/b [d]       (pre-norm: before attn/MLP;
+                                                            post-norm: after attn/MLP)
+  blocks.{l}.attn.W_Q/W_K/W_V [H, d, e]    blocks.{l}.attn.W_O [H, e, d]
+  blocks.{l}.attn.b_Q/b_K/b_V [H, e]       blocks.{l}.attn.b_O [d]
+  blocks.{l}.mlp.W_in/W_gate [d, m]  b_in [m]  blocks.{l}.mlp.W_out [m, d]  b_out [d]
+  ln_final.w/b [d]            unembed.W_U [d, V]           unembed.b_U [V]
+K/V heads of grouped-query models are expanded to one per query head (query head h uses
+KV head h // (H / H_kv)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+NORMS = ("layernorm", "rmsnorm", "none")
+POSITIONALS = ("learned", "rotary", "none")
+ACT_FNS = ("gelu_new", "gelu", "relu", "silu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture facts only; run options (dtype, processing) live elsewhere."""
+
+    family: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    n_kv_heads: int = 0  # 0 means n_heads
+    d_mlp: int = 0  # 0 for attention-only models
+    norm: str = "layernorm"  # layernorm | rmsnorm | none
+    norm_placement: str = "pre"  # pre | post
+    eps: float = 1e-5
+    positional: str = "learned"  # learned | rotary | none
+    rotary_dim: int = 0
+    rotary_base: float = 10000.0
+    rotary_scale: float = 1.0  # linear RoPE scaling: positions are divided by this
+    act_fn: str = "gelu_new"
+    gated_mlp: bool = False
+    attn_only: bool = False
+    parallel_attn_mlp: bool = False
+    tied_embeddings: bool = False
+    causal: bool = True
+    final_norm: bool = True
+    embed_norm: bool = False
+    n_token_types: int = 0
+    unembed_note: str = ""
+    extras: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.n_kv_heads == 0:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extras")
+        return d
+
+
+def layer_names(l: int) -> dict[str, str]:
+    """Canonical names of layer l's tensors, keyed by short name (``W_Q`` → ``blocks.l.attn.W_Q``)."""
+    p = f"blocks.{l}."
+    return {
+        "ln1.w": p + "ln1.w", "ln1.b": p + "ln1.b", "ln2.w": p + "ln2.w", "ln2.b": p + "ln2.b",
+        **{k: p + "attn." + k for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")},
+        **{k: p + "mlp." + k for k in ("W_in", "b_in", "W_gate", "b_gate", "W_out", "b_out")},
+    }
+
+
+def canonical_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Expected shape of every canonical tensor name (templates with ``{l}`` expanded)."""
+    d, H, e, V, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.d_mlp
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.W_E": (V, d), "embed.W_pos": (cfg.n_ctx, d), "embed.W_tt": (cfg.n_token_types, d),
+        "embed.ln.w": (d,), "embed.ln.b": (d,), "ln_final.w": (d,), "ln_final.b": (d,),
+        "unembed.W_U": (d, V), "unembed.b_U": (V,),
+    }
+    for l in range(cfg.n_layers):
+        n = layer_names(l)
+        for k in ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "b_O", "b_out"):
+            shapes[n[k]] = (d,)
+        for k in ("W_Q", "W_K", "W_V"):
+            shapes[n[k]] = (H, d, e)
+        for k in ("b_Q", "b_K", "b_V"):
+            shapes[n[k]] = (H, e)
+        shapes[n["W_O"]] = (H, e, d)
+        shapes[n["W_in"]] = shapes[n["W_gate"]] = (d, m)
+        shapes[n["b_in"]] = shapes[n["b_gate"]] = (m,)
+        shapes[n["W_out"]] = (m, d)
+    return shapes

@@ -1,0 +1,161 @@
+"""Render a Table as a rich table, CSV, TSV, JSON or JSON lines; to stdout or atomically to a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+from .table import Table, visible
+
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".txt": "table"}
+TABLE_ROW_LIMIT = 2000
+
+
+def choose_format(fmt: str | None, out: str | None) -> str:
+    """--format if given; else from -o's extension; else table on a terminal, tsv when piped."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+        return fmt
+    if out:
+        return EXTENSIONS.get(Path(out).suffix.lower(), "tsv")
+    return "table" if sys.stdout.isatty() else "tsv"
+
+
+def tsv_escape(value) -> str:
+    if value is None:
+        return ""
+    s = str(value)
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def write_csv(table: Table, fh, headers: bool = True) -> None:
+    writer = csv.writer(fh, lineterminator="\n")
+    if headers:
+        writer.writerow(table.columns)
+    for row in table.rows():
+        writer.writerow([_cell(v) for v in row])
+
+
+def write_tsv(table: Table, fh, headers: bool = True) -> None:
+    if headers:
+        fh.write("\t".join(table.columns) + "\n")
+    for row in table.rows():
+        fh.write("\t".join(tsv_escape(v) for v in row) + "\n")
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_json(table: Table, fh, lines: bool = False) -> None:
+    if table.record and not lines:
+        row = next(table.rows())
+        fh.write(json.dumps({c: _json_value(v) for c, v in zip(table.columns, row)}, ensure_ascii=False, indent=2))
+        fh.write("\n")
+        return
+    first = True
+    if not lines:
+        fh.write("[")
+    for row in table.rows():
+        obj = json.dumps({c: _json_value(v) for c, v in zip(table.columns, row)}, ensure_ascii=False)
+        if lines:
+            fh.write(obj + "\n")
+        else:
+            fh.write(("\n" if first else ",\n") + obj)
+        first = False
+    if not lines:
+        fh.write("\n]\n" if not first else "]\n")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if value == value else "nan"
+    return _cell(value)
+
+
+def write_table(table: Table, fh, color: bool | None = None, width: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console(file=fh, color_system="auto" if color is not False else None,
+                      no_color=color is False, width=width, highlight=False)
+    if table.record:
+        table = Table.from_rows(["key", "value"], zip(table.columns, next(table.rows())), title=table.title)
+    rt = RichTable(title=table.title or None, title_justify="left", show_edge=False, pad_edge=False)
+    numeric: set[str] = set()
+    rows = []
+    truncated = False
+    for i, row in enumerate(table.rows()):
+        if i == TABLE_ROW_LIMIT:
+            truncated = True
+            break
+        rows.append(row)
+        numeric.update(c for c, v in zip(table.columns, row) if isinstance(v, (int, float)) and not isinstance(v, bool))
+    for c in table.columns:
+        rt.add_column(c, justify="right" if c in numeric else "left", overflow="fold")
+    bar_i = table.columns.index(table.bar) if table.bar in table.columns else None
+    if bar_i is not None:
+        rt.add_column("", justify="left", no_wrap=True)
+        top = max((abs(r[bar_i]) for r in rows if isinstance(r[bar_i], (int, float))), default=0) or 1.0
+    for row in rows:
+        cells = [visible(v) if c in table.token_columns else _fmt(v) for c, v in zip(table.columns, row)]
+        if bar_i is not None:
+            v = row[bar_i] if isinstance(row[bar_i], (int, float)) else 0.0
+            n = int(round(20 * abs(v) / top))
+            cells.append(("[red]" if v < 0 else "[green]") + "█" * n + "[/]")
+        rt.add_row(*cells)
+    console.print(rt)
+    if table.plot is not None:
+        table.plot(console)
+    for note in table.notes:
+        console.print(note, style="dim", markup=False)
+    if truncated:
+        console.print(f"(first {TABLE_ROW_LIMIT} rows shown; use --format csv or -o FILE for all)", style="dim")
+
+
+def render(table: Table, fmt: str, out: str | None = None, headers: bool = True) -> None:
+    """Write the table to stdout, or to ``out`` through a temporary file renamed on success."""
+    def emit(fh):
+        if fmt == "csv":
+            write_csv(table, fh, headers)
+        elif fmt == "tsv":
+            write_tsv(table, fh, headers)
+        elif fmt in ("json", "jsonl"):
+            write_json(table, fh, lines=fmt == "jsonl")
+        else:
+            write_table(table, fh, color=None if fh is sys.stdout else False)
+
+    if fmt != "table":
+        for note in table.notes:
+            print(note, file=sys.stderr)
+    if out is None:
+        emit(sys.stdout)
+        sys.stdout.flush()
+        return
+    target = Path(out)
+    if not target.parent.exists():
+        raise InputError(f"cannot write {out}: folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with io.open(fd, "w", encoding="utf-8", newline="") as fh:
+            emit(fh)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise

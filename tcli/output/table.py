@@ -1,0 +1,58 @@
+"""The ``Table`` every analysis returns: fixed column names and rows delivered in columnar chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+Chunk = dict  # column name -> sequence (list or numpy array) of equal length
+
+
+@dataclass
+class Table:
+    """columns: machine column names in order; chunks: iterable of column-name -> values mappings.
+
+    notes go to stderr in machine formats and under the table in table mode; ``token_columns``
+    are shown with visible whitespace; ``bar`` names a numeric column drawn as a bar in table mode;
+    ``plot`` is an optional callable that renders a terminal picture after the table.
+    """
+
+    columns: list[str]
+    chunks: Iterable[Chunk]
+    title: str = ""
+    notes: list[str] = field(default_factory=list)
+    token_columns: tuple[str, ...] = ()
+    bar: str | None = None
+    plot: Callable | None = None
+    record: bool = False  # one record: key/value in table mode, a JSON object (not an array) in json
+
+    def rows(self) -> Iterator[tuple]:
+        """Rows as tuples of plain Python values (numpy scalars converted)."""
+        for chunk in self.chunks:
+            cols = [_plain(chunk[c]) for c in self.columns]
+            yield from zip(*cols)
+
+    @classmethod
+    def from_rows(cls, columns: list[str], rows: Iterable[Sequence], **kw) -> "Table":
+        rows = list(rows)
+        chunk = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+        return cls(columns, [chunk], **kw)
+
+
+def _plain(values) -> list:
+    """Python values: float32 arrays go through their shortest round-trip text, so 0.1f stays 0.1."""
+    import numpy as np
+
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            return [float(s) for s in values.astype(str)]
+        return values.tolist()
+    return list(values)
+
+
+VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+
+
+def visible(token: str) -> str:
+    """A token string with its whitespace made visible, for terminal tables."""
+    return token.translate(VISIBLE) if token else "∅"

@@ -1,0 +1,128 @@
+"""Weight processing as TransformerLens does by default, applied lazily per tensor and only where exact.
+
+Steps (SPEC §2), each a pure function of raw tensors:
+  fold_ln            pre-norm models: a norm's weight w and bias b are folded into the matrices
+                     that read from it: (x̂ w + b) W + c = x̂ (w[:, None] W) + (b W + c).
+                     LayerNorm: the reading weights are then centred over d_model (x̂ has zero mean).
+  center_writing     pre-LayerNorm models: W_E, W_pos, W_O, b_O, W_out, b_out lose their mean
+                     over d_model (every reader of the stream subtracts it).
+  center_unembed     W_U, b_U lose their mean over the vocabulary: all logits at a position move
+                     by one constant, log-probabilities are unchanged.
+  fold_value_biases  b_O += Σ_h b_V[h] W_O[h], b_V = 0 (exact: attention weights sum to 1).
+After processing, norm weights read as ones and norm biases as zeros.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .model import ModelConfig
+
+STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+
+
+def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
+    """The processing steps that are exact for this architecture."""
+    steps = []
+    if cfg.norm_placement == "pre" and cfg.norm != "none":
+        steps.append("fold_ln")
+    if cfg.norm_placement == "pre" and cfg.norm == "layernorm":
+        steps.append("center_writing_weights")
+    steps += ["center_unembed", "fold_value_biases"]
+    return tuple(steps)
+
+
+def center(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """x minus its mean along ``axis``."""
+    return x - x.mean(axis=axis, keepdims=True)
+
+
+def fold_norm_weight(W: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
+    """W scaled by the norm weight w [d_model] along its d_model ``axis``."""
+    shape = [1] * W.ndim
+    shape[axis] = -1
+    return W * w.reshape(shape)
+
+
+def fold_norm_bias(b: np.ndarray, W: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    """b + nb @ W for W [d_model, n] or per head W [H, d_model, e] (b [n] or [H, e])."""
+    return b + np.einsum("d,...dn->...n", nb, W)
+
+
+class ProcessedWeights:
+    """A lazy view of ``Weights`` with the given processing steps applied (``steps=()``: raw)."""
+
+    _LAYER = re.compile(r"blocks\.(\d+)\.(\w+)\.(\w+)$")
+
+    def __init__(self, raw, steps: tuple[str, ...]):
+        self.raw, self.cfg, self.dtype = raw, raw.cfg, raw.dtype
+        self.steps = tuple(steps)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._compute(name) if self.steps else self.raw[name]
+        return self._cache[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.raw
+
+    def _compute(self, name: str) -> np.ndarray:
+        raw, cfg = self.raw, self.cfg
+        fold = "fold_ln" in self.steps
+        center_read = fold and cfg.norm == "layernorm"
+        center_write = "center_writing_weights" in self.steps
+        fold_vb = "fold_value_biases" in self.steps
+        if name in ("embed.W_E", "embed.W_pos"):
+            return center(raw[name]) if center_write else raw[name]
+        if name == "unembed.W_U":
+            W = raw[name]
+            if fold and cfg.final_norm:
+                W = fold_norm_weight(W, raw["ln_final.w"], 0)
+                W = center(W, 0) if center_read else W
+            return center(W, -1) if "center_unembed" in self.steps else W
+        if name == "unembed.b_U":
+            b = raw[name]
+            if fold and cfg.final_norm:
+                b = fold_norm_bias(b, raw["unembed.W_U"], raw["ln_final.b"])
+            return center(b) if "center_unembed" in self.steps else b
+        m = self._LAYER.match(name)
+        if name.startswith("ln_final.") or (m and m.group(2) in ("ln1", "ln2")):
+            if fold:
+                return (np.ones if name.endswith(".w") else np.zeros)(raw.shapes[name], self.dtype)
+            return raw[name]
+        if not m:
+            return raw[name]
+        l, block, short = int(m.group(1)), m.group(2), m.group(3)
+        ln = f"blocks.{l}.ln1" if block == "attn" else f"blocks.{l}.ln2"
+        if short in ("W_Q", "W_K", "W_V", "W_in", "W_gate"):
+            W = raw[name]
+            if fold:
+                axis = 1 if block == "attn" else 0  # the d_model axis
+                W = fold_norm_weight(W, raw[ln + ".w"], axis)
+                W = center(W, axis) if center_read else W
+            return W
+        if short in ("b_Q", "b_K", "b_V", "b_in", "b_gate"):
+            if short == "b_V" and fold_vb:
+                return np.zeros(raw.shapes[name], self.dtype)
+            return self._folded_bias(name, ln) if fold else raw[name]
+        if short == "b_O":
+            b = raw[name]
+            if fold_vb:
+                bV = self._folded_bias(f"blocks.{l}.attn.b_V", ln) if fold else raw[f"blocks.{l}.attn.b_V"]
+                b = b + np.einsum("he,hed->d", bV, raw[f"blocks.{l}.attn.W_O"])
+            return center(b) if center_write else b
+        if short in ("W_O", "W_out", "b_out"):
+            return center(raw[name]) if center_write else raw[name]
+        return raw[name]
+
+    def _folded_bias(self, name: str, ln: str) -> np.ndarray:
+        W = self.raw[name.replace(".b_", ".W_")]
+        return fold_norm_bias(self.raw[name], W, self.raw[ln + ".b"])
+
+
+def process(raw, enabled: bool = True) -> ProcessedWeights:
+    """Processed view of raw weights: every exact step for the architecture, or none (``--raw``)."""
+    return ProcessedWeights(raw, applicable_steps(raw.cfg) if enabled else ())

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random checkpoints of every family (built once per session), hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+settings.register_profile("ci", deadline=None, print_blob=True, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory):
+    """family -> (torch model, checkpoint dir) for every family of tests/builders.py."""
+    from builders import FAMILIES, hf_model, save_hf
+
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for fam in FAMILIES:
+        model = hf_model(fam)
+        out[fam] = (model, save_hf(model, root / fam))
+    return out
+
+
+@pytest.fixture(scope="session")
+def attn_only_dir(tmp_path_factory):
+    from builders import random_attn_only
+
+    return random_attn_only(tmp_path_factory.mktemp("ao") / "m")
