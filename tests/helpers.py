@@ -23,7 +23,9 @@ def invoke(*args, ok: bool = True):
 def parse(text: str, fmt: str):
     """Machine output back into (columns, rows as dicts of strings/values)."""
     if fmt in ("csv", "tsv"):
-        reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+        # TSV is unquoted (tabs, newlines and backslashes are escaped instead): read it with QUOTE_NONE
+        reader = (csv.reader(io.StringIO(text, newline="")) if fmt == "csv"
+                  else csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
         rows = list(reader)
         return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
     if fmt == "json":

@@ -72,6 +72,14 @@ def circuit(w, name: str, l: int | None = None, h: int | None = None) -> Factore
     return {"ov": ov, "qk": qk, "wov": wov, "wqk": wqk}[name](w, l, h)
 
 
+def preload(w, heads, names=("W_Q", "W_K", "W_V", "W_O")) -> None:
+    """Read (and so validate) every tensor the heads' circuits need before any output is written."""
+    w["embed.W_E"], w["unembed.W_U"]
+    for l in sorted({l for l, _ in heads}):
+        for n in names:
+            w[f"blocks.{l}.attn.{n}"]
+
+
 def all_heads(cfg) -> list[tuple[int, int]]:
     return [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
 

@@ -62,6 +62,7 @@ def bigram(w, vocab, k=10, rows=None, global_n=None, bottom=False, progress=None
 def ov(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, progress=None) -> Table:
     """Full OV circuit W_E W_V W_O W_U per head: rows = attended token, columns = logit it raises."""
     strings = _strings(vocab)
+    circuits.preload(w, heads, ("W_V", "W_O"))
 
     def chunks():
         for l, h in heads:
@@ -80,6 +81,9 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
     rows/cols are positions, keys after the query are excluded in causal models."""
     strings = None if positional else _strings(vocab)
     scale = 1.0 / np.sqrt(w.cfg.d_head) if scaled else 1.0
+    circuits.preload(w, heads, ("W_Q", "W_K"))
+    if positional:
+        w["embed.W_pos"]
 
     def chunks():
         for l, h in heads:

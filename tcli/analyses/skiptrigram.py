@@ -58,6 +58,7 @@ def top_triples(QK, OV, n: int, sources=None, progress=None):
 
 def skiptrigram(w, vocab, heads, k: int = 10, sources=None, progress=None) -> Table:
     strings = np.array(vocab.strings(), dtype=object)
+    circuits.preload(w, heads)
 
     def chunks():
         for l, h in heads:

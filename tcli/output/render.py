@@ -129,8 +129,20 @@ def write_table(table: Table, fh, color: bool | None = None, width: int | None =
         console.print(f"(first {TABLE_ROW_LIMIT} rows shown; use --format csv or -o FILE for all)", style="dim")
 
 
+def _primed(table: Table) -> Table:
+    """The same table with its first chunk already computed, so that an error raised while
+    computing it happens before anything (even the header) is written."""
+    import itertools
+
+    it = iter(table.chunks)
+    first = next(it, None)
+    table.chunks = itertools.chain([first] if first is not None else [], it)
+    return table
+
+
 def render(table: Table, fmt: str, out: str | None = None, headers: bool = True) -> None:
     """Write the table to stdout, or to ``out`` through a temporary file renamed on success."""
+    table = _primed(table)
     def emit(fh):
         if fmt == "csv":
             write_csv(table, fh, headers)

@@ -1,0 +1,182 @@
+"""Bad input: one clear line on stderr, exit code 2, nothing on stdout, no traceback, no partial file."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from builders import random_attn_only
+from helpers import invoke
+
+
+def assert_one_line_error(result, *needles, code=2):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tcli: error:"), lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture()
+def good(tmp_path):
+    return random_attn_only(tmp_path / "good")
+
+
+def raw_file(path, header: dict, data: bytes = b"", header_len: int | None = None):
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob) if header_len is None else header_len) + blob + data)
+    return path
+
+
+def with_config(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "tcli", "n_layers": 0, "n_heads": 1, "d_model": 2,
+                                                    "d_head": 2, "d_vocab": 2, "n_ctx": 4}))
+    return folder
+
+
+def test_missing_path(tmp_path):
+    assert_one_line_error(invoke("info", tmp_path / "nope", ok=False), "no such file")
+
+
+def test_not_a_safetensors_file(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_text("hello, this is not a checkpoint at all")
+    assert_one_line_error(invoke("info", bad, ok=False), "not a safetensors file")
+
+
+def test_tiny_file(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"abc")
+    assert_one_line_error(invoke("info", bad, ok=False), "not a safetensors file")
+
+
+def test_oversized_header_length(tmp_path):
+    bad = raw_file(tmp_path / "x.safetensors", {}, header_len=2**40)
+    assert_one_line_error(invoke("info", bad, ok=False), "exceeds 100 MB")
+
+
+def test_truncated_file(good, tmp_path):
+    data = (good / "model.safetensors").read_bytes()
+    (good / "model.safetensors").write_bytes(data[: len(data) - 100])
+    assert_one_line_error(invoke("info", good, ok=False), "truncated")
+
+
+def test_truncated_header(tmp_path):
+    folder = with_config(tmp_path, "m")
+    raw_file(folder / "model.safetensors", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+             header_len=5000)
+    assert_one_line_error(invoke("info", folder, ok=False), "truncated")
+
+
+def test_header_lies_about_offsets(tmp_path):
+    folder = with_config(tmp_path, "m")
+    raw_file(folder / "model.safetensors", {"embed.W_E": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}},
+             b"\0" * 12)
+    assert_one_line_error(invoke("info", folder, ok=False), "header lies", "embed.W_E")
+
+
+def test_gap_in_offsets(tmp_path):
+    folder = with_config(tmp_path, "m")
+    raw_file(folder / "model.safetensors", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                            "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12)
+    assert_one_line_error(invoke("info", folder, ok=False), "gap before tensor 'b'")
+
+
+def test_trailing_bytes(tmp_path):
+    folder = with_config(tmp_path, "m")
+    raw_file(folder / "model.safetensors", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9)
+    assert_one_line_error(invoke("info", folder, ok=False), "trailing bytes")
+
+
+def test_unknown_family_lists_tensors_and_points_to_arch(tmp_path):
+    f = tmp_path / "m.safetensors"
+    save_file({"foo.weight": np.zeros((2, 2), np.float32), "bar.bias": np.zeros(2, np.float32)}, str(f))
+    assert_one_line_error(invoke("info", f, ok=False), "unknown model family", "bar.bias", "--arch")
+
+
+def test_unknown_model_type(tmp_path, good):
+    cfg = json.loads((good / "config.json").read_text())
+    (good / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    assert_one_line_error(invoke("info", good, ok=False), "unknown model family", "mamba")
+
+
+def test_wrong_shape(good):
+    cfg = json.loads((good / "config.json").read_text())
+    (good / "config.json").write_text(json.dumps({**cfg, "d_head": 4}))
+    assert_one_line_error(invoke("ov", good, "0.0", "--global", "3", ok=False), "blocks.0.attn.W", "shape")
+
+
+def test_nan_weight_named(tmp_path):
+    from safetensors.numpy import load_file
+
+    folder = random_attn_only(tmp_path / "nan")
+    t = load_file(str(folder / "model.safetensors"))
+    t["embed.W_E"][3, 1] = np.nan
+    save_file(t, str(folder / "model.safetensors"))
+    assert_one_line_error(invoke("bigram", folder, ok=False), "embed.W_E", "NaN")
+
+
+def test_head_and_layer_out_of_range(good):
+    assert_one_line_error(invoke("ov", good, "0.3", ok=False), "head 0.3 out of range", "3 heads")
+    assert_one_line_error(invoke("qk", good, "5.0", ok=False), "layer 5 out of range")
+
+
+def test_no_head_given(good):
+    assert_one_line_error(invoke("ov", good, ok=False), "no head given", "--all-heads")
+
+
+def test_unknown_and_multi_token(tmp_path):
+    from helpers import invoke as run
+
+    from tcli.checkpoint.loader import resolve_default
+
+    sample = resolve_default("attn-only-1l")
+    if not sample.exists():
+        pytest.skip("sample weights not built")
+    assert_one_line_error(run("ov", sample, "0.0", "--token", " the cat sat", ok=False), "is not one token", "#")
+    assert_one_line_error(run("ov", sample, "0.0", "--token", "#999999", ok=False), "out of range")
+
+
+def test_token_text_without_tokenizer(good):
+    assert_one_line_error(invoke("bigram", good, "--token", "x", ok=False), "no tokenizer.json", "#ID")
+
+
+@pytest.mark.parametrize("args", [["-k", "0"], ["-k", "-3"], ["--global", "0"]])
+def test_non_positive_k(good, args):
+    assert_one_line_error(invoke("bigram", good, *args, ok=False), "must be a positive integer")
+
+
+def test_bad_format_and_dtype(good):
+    assert_one_line_error(invoke("bigram", good, "--format", "xml", ok=False), "unknown format")
+    assert_one_line_error(invoke("bigram", good, "--dtype", "float16", ok=False), "--dtype")
+
+
+def test_bad_arch_yaml(good, tmp_path):
+    arch = tmp_path / "a.yaml"
+    arch.write_text("tensors: {a: [unclosed")
+    assert_one_line_error(invoke("info", good, "--arch", arch, ok=False), "not valid YAML")
+
+
+def test_no_partial_output_file(tmp_path):
+    from safetensors.numpy import load_file
+
+    folder = random_attn_only(tmp_path / "nan2")
+    t = load_file(str(folder / "model.safetensors"))
+    t["unembed.W_U"][0, 0] = np.inf
+    save_file(t, str(folder / "model.safetensors"))
+    out = tmp_path / "out.csv"
+    assert_one_line_error(invoke("bigram", folder, "-o", out, ok=False), "NaN/Inf")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.csv*"))
+
+
+def test_two_checkpoints(good, tmp_path):
+    assert_one_line_error(invoke("info", good, tmp_path, ok=False), "already given")
