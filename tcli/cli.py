@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List, Optional, Tuple
 
 import typer
 
@@ -67,6 +67,7 @@ class Options:
         self.dtype, self.raw, self.arch = dtype, raw, arch
         self.checkpoint, self.heads = split_target(target or [])
         self.sample = sample
+        self.keep_logits = False  # decompose/lens: logits equal to the unprocessed model's
         self._loaded = None
 
     def load(self):
@@ -79,7 +80,8 @@ class Options:
             from .processing import process
 
             ckpt = open_checkpoint(self.checkpoint or resolve_default(self.sample), self.arch)
-            weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw)
+            weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw,
+                              center_unembed=not self.keep_logits)
             self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
         return self._loaded
 
@@ -150,10 +152,10 @@ def common(sample: str = "attn-only-1l"):
     """Decorator: the shared options, parsed into an ``Options`` passed as the first argument."""
 
     def decorate(fn):
-        def wrapper(target: Target = None, arch: Arch = None, raw: Raw = False, dtype: DType = "float32",
+        def wrapper(words: Target = None, arch: Arch = None, raw: Raw = False, dtype: DType = "float32",
                     fmt: Fmt = None, out: Out = None, csv: Csv = False, tsv: Tsv = False, json: Json = False,
                     nl: Nl = False, no_headers: NoHeaders = False, **kwargs):
-            opts = Options(target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample)
+            opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample)
             return fn(opts, **kwargs)
 
         import inspect
@@ -365,6 +367,91 @@ def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--
         raise InputError(f"--kind {bad[0]!r}: choose q, k or v")
     _, w, _ = opts.load()
     opts.render(run(w, kinds, k))
+
+
+Prompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text, encoded with the "
+                                              "checkpoint's tokenizer.")]
+Ids = Annotated[Optional[str], typer.Option("--ids", help="Prompt as token ids: 1,2,3.")]
+
+
+def _prompt(opts: Options, prompt: str | None, ids: str | None) -> list[int]:
+    _, _, vocab = opts.load()
+    if (prompt is None) == (ids is None):
+        raise InputError("give the prompt with --prompt TEXT or --ids 1,2,3 (one of them)")
+    return vocab.parse_ids(ids) if ids is not None else vocab.encode(prompt)
+
+
+@app.command()
+@common(sample="gpt2-2l")
+def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
+              position: Annotated[int, typer.Option("--position", help="Position to explain (-1: the last).")] = -1,
+              target: Annotated[Optional[str], typer.Option("--target", help="Target token (text or #id); "
+                                                            "default: the model's top prediction.")] = None,
+              diff: Annotated[Optional[Tuple[str, str]], typer.Option("--diff", help="Explain logit(A) - "
+                                                                      "logit(B).")] = None):
+    """Direct logit attribution: split a logit at a position into what each part of the model wrote.
+
+    Components: embed, pos_embed, head (layer, head), attn_bias, mlp, norm_bias, unembed_bias (BERT adds
+    token_type_embed); each norm's scale is frozen from the real forward pass; the last row, total,
+    equals the model's logit (the unprocessed model's: no unembedding centring). Columns: component,
+    layer, head, value, label. Default checkpoint: gpt2-2l."""
+    from .analyses.residual import check_position, check_prompt, decompose as run_decompose
+    from .forward import run
+
+    opts.keep_logits = True
+    _, w, vocab = opts.load()
+    tokens = check_prompt(w.cfg, _prompt(opts, prompt, ids))
+    if target is not None and diff is not None:
+        raise InputError("give --target or --diff, not both")
+    if diff is not None:
+        a, b = vocab.token_id(diff[0]), vocab.token_id(diff[1])
+    elif target is not None:
+        a, b = vocab.token_id(target), None
+    else:
+        a, b = int(run(w, tokens).logits[check_position(position, len(tokens))].argmax()), None
+    opts.render(run_decompose(w, vocab, tokens, position, a, b))
+
+
+@app.command()
+@common(sample="gpt2-2l")
+def lens(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 5,
+         position: Annotated[Optional[int], typer.Option("--position", help="One position (-1: the last); "
+                                                         "default: all.")] = None):
+    """Logit lens: the top tokens decoded from the residual stream after each layer.
+
+    Each layer's residual goes through the final norm computed on that residual itself (not the last
+    layer's scale), then the unembedding. Layer -1 is the embeddings. Columns: layer, position, rank,
+    token_id, token, logit. Default checkpoint: gpt2-2l."""
+    from .analyses.residual import lens as run_lens
+
+    _positive("--top", k)
+    opts.keep_logits = True
+    _, w, vocab = opts.load()
+    opts.render(run_lens(w, vocab, _prompt(opts, prompt, ids), k, position))
+
+
+@app.command()
+@common(sample="attn-only-2l")
+def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
+              head: Annotated[Optional[List[str]], typer.Option("--head", help="L.H (repeatable); default: "
+                                                                "the heads given as arguments, else all.")] = None,
+              position: Annotated[Optional[int], typer.Option("--position", help="One destination position "
+                                                              "(-1: the last); default: all.")] = None):
+    """Attention patterns on a prompt: the top -k source positions of each destination, per head.
+
+    Columns: layer, head, dst_pos, dst_token, rank, src_pos, src_token, weight. Default checkpoint:
+    attn-only-2l."""
+    from .analyses.residual import attention as run_attention
+
+    _positive("--top", k)
+    for h in head or []:
+        m = HEAD.match(h)
+        if not m:
+            raise InputError(f"--head {h!r}: write heads as LAYER.HEAD, e.g. 1.3")
+        opts.heads.append((int(m.group(1)), int(m.group(2))))
+    heads = opts.selected_heads(all_heads=not opts.heads)
+    _, w, vocab = opts.load()
+    opts.render(run_attention(w, vocab, _prompt(opts, prompt, ids), heads, k, position))
 
 
 def _version(value: bool):

@@ -11,6 +11,7 @@ its input can be pushed through it exactly as the real run did (``Norm.apply``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,9 +50,9 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 def act(name: str, x: np.ndarray) -> np.ndarray:
     if name == "gelu_new":  # tanh approximation (GPT-2)
-        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     if name == "gelu":  # exact
-        return (0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))).astype(x.dtype)
+        return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype)
     if name == "relu":
         return np.maximum(x, 0)
     if name == "silu":
@@ -128,6 +129,7 @@ class Cache:
     pos_embed: np.ndarray  # [T, d] learned positions (zeros otherwise)
     type_embed: np.ndarray  # [T, d] BERT token types (zeros otherwise)
     embed_norm: Norm | None = None
+    resid_embed: np.ndarray | None = None  # [T, d] the stream entering block 0 (after any embedding norm)
     resid_pre: list = field(default_factory=list)  # [T, d] entering block l
     head_out: list = field(default_factory=list)  # [H, T, d] each head's write, z_h W_O^h
     attn_bias: list = field(default_factory=list)  # [d] b_O
@@ -148,7 +150,7 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
     if cfg.positional == "rotary":
         cos, sin = rotary_tables(cfg, positions)
         q, k = apply_rotary(q, cos, sin, cfg.rotary_dim), apply_rotary(k, cos, sin, cfg.rotary_dim)
-    scores = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.d_head).astype(x.dtype)  # [H, T_dst, T_src]
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(cfg.d_head)  # [H, T_dst, T_src]
     T = x.shape[0]
     if cfg.causal:
         scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
@@ -188,6 +190,7 @@ def run(w, tokens, token_types=None) -> Cache:
     x = embed + pos + types
     if cfg.embed_norm:
         x, cache.embed_norm = norm(cfg, x, w["embed.ln.w"], w["embed.ln.b"])
+    cache.resid_embed = x
     for l in range(cfg.n_layers):
         p = f"blocks.{l}."
         cache.resid_pre.append(x)

@@ -123,6 +123,9 @@ class ProcessedWeights:
         return fold_norm_bias(self.raw[name], W, self.raw[ln + ".b"])
 
 
-def process(raw, enabled: bool = True) -> ProcessedWeights:
-    """Processed view of raw weights: every exact step for the architecture, or none (``--raw``)."""
-    return ProcessedWeights(raw, applicable_steps(raw.cfg) if enabled else ())
+def process(raw, enabled: bool = True, center_unembed: bool = True) -> ProcessedWeights:
+    """Processed view of raw weights: every exact step for the architecture, or none (``--raw``).
+
+    ``center_unembed=False`` keeps the raw model's logits (for decompose and lens)."""
+    steps = applicable_steps(raw.cfg) if enabled else ()
+    return ProcessedWeights(raw, tuple(s for s in steps if center_unembed or s != "center_unembed"))

@@ -1,0 +1,147 @@
+"""``decompose``, ``lens``, ``attention``: what a forward pass on a prompt writes into the residual stream.
+
+Direct logit attribution (decompose). At position p the final residual is a sum of pieces, each
+written once: the token, position (and token-type) embeddings, each head's output z_h W_O^h, each
+attention-output bias b_O, each MLP's output, and each norm's bias. Every norm is replaced by its
+frozen linear map from the real run, x ↦ (x − mean(x)) · s · w (RMSNorm: x · s · w), so each
+piece passes through every norm after it exactly as the real run scaled it (post-norm models: the
+norm after every sublayer). The logit of a target token t (or the difference t − u) is
+
+    logit = Σ_pieces piece · (W_U[:, t] − W_U[:, u]) + (b_U[t] − b_U[u])
+
+and equals the model's own logit up to float error. Processing keeps the raw model's logits
+(no unembedding centring), so the total is the unprocessed model's logit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..forward import Cache, Norm, run
+from ..output.table import Table
+
+DECOMPOSE_COLUMNS = ["component", "layer", "head", "value", "label"]
+LENS_COLUMNS = ["layer", "position", "rank", "token_id", "token", "logit"]
+ATTENTION_COLUMNS = ["layer", "head", "dst_pos", "dst_token", "rank", "src_pos", "src_token", "weight"]
+
+
+def check_prompt(cfg, tokens) -> np.ndarray:
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if tokens.size == 0:
+        raise InputError("the prompt encodes to no tokens")
+    if tokens.size > cfg.n_ctx:
+        raise InputError(f"the prompt has {tokens.size} tokens, more than the model's context of {cfg.n_ctx}")
+    return tokens
+
+
+def check_position(position: int, T: int) -> int:
+    p = position + T if position < 0 else position
+    if not 0 <= p < T:
+        raise InputError(f"position {position} out of range for a prompt of {T} tokens (0 … {T - 1}, or -1 for the last)")
+    return p
+
+
+def pieces(cache: Cache, cfg, p: int) -> list[tuple[str, int | None, int | None, str, np.ndarray]]:
+    """(component, layer, head, label, vector [d]) pieces whose sum is the final residual at p,
+    each pushed through every later norm's frozen map."""
+    out: list = []
+
+    def through(norm: Norm, label: str, layer):
+        out[:] = [(c, l, h, lab, norm.apply(v, p)) for c, l, h, lab, v in out]
+        out.append(("norm_bias", layer, None, label, norm.b))
+
+    out.append(("embed", None, None, "embed", cache.embed[p]))
+    if cfg.positional == "learned":
+        out.append(("pos_embed", None, None, "pos_embed", cache.pos_embed[p]))
+    if cfg.n_token_types:
+        out.append(("token_type_embed", None, None, "token_type_embed", cache.type_embed[p]))
+    if cache.embed_norm is not None:
+        through(cache.embed_norm, "embed.ln.b", None)
+    for l in range(cfg.n_layers):
+        ln1, ln2 = cache.norms[l]
+        out += [("head", l, h, f"{l}.{h}", cache.head_out[l][h, p]) for h in range(cfg.n_heads)]
+        out.append(("attn_bias", l, None, f"b_O {l}", cache.attn_bias[l]))
+        if cfg.norm_placement == "post":
+            through(ln1, f"ln1.b {l}", l)
+        if not cfg.attn_only:
+            out.append(("mlp", l, None, f"mlp {l}", cache.mlp_out[l][p]))
+            if cfg.norm_placement == "post":
+                through(ln2, f"ln2.b {l}", l)
+    if cache.final_norm is not None:
+        through(cache.final_norm, "ln_final.b", None)
+    return out
+
+
+def decompose(w, vocab, tokens, position: int, target: int, minus: int | None = None) -> Table:
+    """Direct logit attribution of logit(target) (− logit(minus)) at ``position``; see module doc."""
+    cfg = w.cfg
+    tokens = check_prompt(cfg, tokens)
+    p = check_position(position, len(tokens))
+    cache = run(w, tokens)
+    u = w["unembed.W_U"][:, target] - (w["unembed.W_U"][:, minus] if minus is not None else 0)
+    bias = w["unembed.b_U"][target] - (w["unembed.b_U"][minus] if minus is not None else 0)
+    rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p)]
+    rows.append(("unembed_bias", None, None, float(bias), "b_U"))
+    total = float(np.sum([r[3] for r in rows], dtype=np.float64))
+    model = float(cache.logits[p, target] - (cache.logits[p, minus] if minus is not None else 0))
+    rows.sort(key=lambda r: -abs(r[3]))
+    rows.append(("total", None, None, total, "total"))
+    what = f"logit[{vocab.string(target)!r}]" + (f" − logit[{vocab.string(minus)!r}]" if minus is not None else "")
+    notes = [f"position {p} (token {vocab.string(int(tokens[p]))!r}): components sum to {total:.6g}; "
+             f"the model's {what} is {model:.6g} (difference {total - model:.2g})"]
+    return Table.from_rows(DECOMPOSE_COLUMNS, rows, title=f"Direct logit attribution of {what} at position {p}",
+                           notes=notes, bar="value")
+
+
+def lens_logits(w, cache: Cache) -> list[tuple[int, np.ndarray]]:
+    """(layer, logits [T, V]) of the residual stream after the embeddings (layer −1) and each block,
+    decoded through the final norm computed afresh on that residual (its own scale)."""
+    from ..forward import norm
+
+    cfg = w.cfg
+    out = []
+    for layer, x in [(-1, cache.resid_embed)] + list(enumerate(cache.resid_post)):
+        if cache.final_norm is not None:
+            x, _ = norm(cfg, x, w["ln_final.w"], w["ln_final.b"])
+        out.append((layer, x @ w["unembed.W_U"] + w["unembed.b_U"]))
+    return out
+
+
+def lens(w, vocab, tokens, k: int = 5, position: int | None = None) -> Table:
+    from ..core.stream import select_topk
+
+    cfg = w.cfg
+    tokens = check_prompt(cfg, tokens)
+    positions = np.arange(len(tokens)) if position is None else np.array([check_position(position, len(tokens))])
+    strings = np.array(vocab.strings(), dtype=object)
+    chunks = []
+    for layer, logits in lens_logits(w, run(w, tokens)):
+        vals, ids = select_topk(logits[positions], k)
+        kk = vals.shape[1]
+        chunks.append({"layer": np.full(len(positions) * kk, layer), "position": np.repeat(positions, kk),
+                       "rank": np.tile(np.arange(1, kk + 1), len(positions)), "token_id": ids.ravel(),
+                       "token": strings[ids.ravel()], "logit": vals.ravel()})
+    return Table(LENS_COLUMNS, chunks, title="Logit lens (layer -1 = embeddings)", token_columns=("token",))
+
+
+def attention(w, vocab, tokens, heads, k: int = 3, position: int | None = None) -> Table:
+    from ..core.stream import select_topk
+
+    tokens = check_prompt(w.cfg, tokens)
+    T = len(tokens)
+    cache = run(w, tokens)
+    dst = np.arange(T) if position is None else np.array([check_position(position, T)])
+    strings = np.array(vocab.strings(), dtype=object)[tokens]
+    chunks = []
+    for l, h in heads:
+        vals, src = select_topk(cache.pattern[l][h][dst], k)
+        kk = vals.shape[1]
+        keep = vals.ravel() > 0  # causal masks give exact zeros: not a source
+        d = np.repeat(dst, kk)[keep]
+        s = src.ravel()[keep]
+        chunks.append({"layer": np.full(keep.sum(), l), "head": np.full(keep.sum(), h), "dst_pos": d,
+                       "dst_token": strings[d], "rank": np.tile(np.arange(1, kk + 1), len(dst))[keep],
+                       "src_pos": s, "src_token": strings[s], "weight": vals.ravel()[keep]})
+    return Table(ATTENTION_COLUMNS, chunks, title="Attention patterns (top sources per destination)",
+                 token_columns=("dst_token", "src_token"))
