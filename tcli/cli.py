@@ -19,7 +19,8 @@ from .errors import InputError, TcliError
 app = typer.Typer(
     name="tcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, rich_markup_mode=None,
     help="Interpretable tables from the weights of transformer checkpoints (Elhage et al., 2021).\n\n"
-         "Every command: tcli COMMAND [CHECKPOINT] [L.H ...] [options]. Without a CHECKPOINT the bundled "
+         "Every command: tcli COMMAND [CHECKPOINT] [L.H ...] [options]. CHECKPOINT is a folder, a .safetensors "
+         "file or a Hugging Face model id in the local cache (org/name[@revision]). Without one the bundled "
          "sample in sample_weights/ is used (each command's --help names it).",
 )
 
@@ -30,6 +31,10 @@ Target = Annotated[Optional[List[str]], typer.Argument(
     help="[CHECKPOINT] [L.H ...]: a checkpoint directory or .safetensors file (omitted: the bundled sample), "
          "then heads as LAYER.HEAD, e.g. 1.3", show_default=False, metavar="[CHECKPOINT] [L.H ...]")]
 Arch = Annotated[Optional[Path], typer.Option("--arch", help="Family YAML describing a custom tensor layout.")]
+Revision = Annotated[Optional[str], typer.Option("--revision", help="Model ids: branch, tag or commit in the "
+                                                "local Hugging Face cache.")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Model ids: the Hugging Face hub cache "
+                                                  "folder (default: $HF_HUB_CACHE, $HF_HOME/hub, …).")]
 Raw = Annotated[bool, typer.Option("--raw", help="No weight processing (no LayerNorm folding or centering).")]
 DType = Annotated[str, typer.Option("--dtype", help="Computation dtype: float32 or float64.")]
 Fmt = Annotated[Optional[str], typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
@@ -54,7 +59,8 @@ AllHeads = Annotated[bool, typer.Option("--all-heads", help="Every head of the m
 class Options:
     """What every command shares: the checkpoint, processing and output choices."""
 
-    def __init__(self, target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample):
+    def __init__(self, target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample,
+                 revision=None, cache_dir=None):
         from .output.render import choose_format
 
         flags = [f for f, on in (("csv", csv), ("tsv", tsv), ("json", json), ("jsonl", nl)) if on]
@@ -65,6 +71,7 @@ class Options:
         if dtype not in ("float32", "float64"):
             raise InputError(f"--dtype {dtype}: choose float32 or float64")
         self.dtype, self.raw, self.arch = dtype, raw, arch
+        self.revision, self.cache_dir = revision, cache_dir
         self.checkpoint, self.heads = split_target(target or [])
         self.sample = sample
         self.keep_logits = False  # decompose/lens: logits equal to the unprocessed model's
@@ -79,7 +86,8 @@ class Options:
             from .checkpoint.tokens import Vocab
             from .processing import process
 
-            ckpt = open_checkpoint(self.checkpoint or resolve_default(self.sample), self.arch)
+            ckpt = open_checkpoint(self.checkpoint or resolve_default(self.sample), self.arch, self.revision,
+                                   self.cache_dir)
             weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw,
                               center_unembed=not self.keep_logits)
             self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
@@ -152,10 +160,11 @@ def common(sample: str = "attn-only-1l"):
     """Decorator: the shared options, parsed into an ``Options`` passed as the first argument."""
 
     def decorate(fn):
-        def wrapper(words: Target = None, arch: Arch = None, raw: Raw = False, dtype: DType = "float32",
-                    fmt: Fmt = None, out: Out = None, csv: Csv = False, tsv: Tsv = False, json: Json = False,
-                    nl: Nl = False, no_headers: NoHeaders = False, **kwargs):
-            opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample)
+        def wrapper(words: Target = None, arch: Arch = None, revision: Revision = None, cache_dir: CacheDir = None,
+                    raw: Raw = False, dtype: DType = "float32", fmt: Fmt = None, out: Out = None, csv: Csv = False,
+                    tsv: Tsv = False, json: Json = False, nl: Nl = False, no_headers: NoHeaders = False, **kwargs):
+            opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample, revision,
+                           cache_dir)
             return fn(opts, **kwargs)
 
         import inspect

@@ -53,8 +53,14 @@ class Checkpoint:
         return "/".join(kinds)
 
 
-def open_checkpoint(path: str | Path | None = None, arch: str | Path | None = None) -> Checkpoint:
-    """Open a checkpoint directory or ``.safetensors`` file (None: the bundled default sample)."""
+def open_checkpoint(path: str | Path | None = None, arch: str | Path | None = None, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> Checkpoint:
+    """Open a checkpoint directory, ``.safetensors`` file or cached Hugging Face model id
+    (``org/name[@revision]``); None: the bundled default sample."""
+    from . import hub
+
+    if isinstance(path, str) and hub.looks_like_model_id(path):
+        path = hub.resolve(path, revision, cache_dir)
     path = resolve_default() if path is None else Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory", "pass a checkpoint directory or .safetensors file")
