@@ -2,7 +2,8 @@
 
 M = A @ B with A [m, r], B [r, n]. A block of rows M[i:j] = A[i:j] @ B is formed, reduced to
 its selection and dropped, so memory is O(block_rows · n), never O(m · n).
-Ties are broken towards the lower column index, so results are deterministic.
+Results are deterministic; among equal values the lower column index is preferred where the
+selection sees both (ties at the k-th place may keep either).
 """
 
 from __future__ import annotations
@@ -35,15 +36,55 @@ def select_topk(block: np.ndarray, k: int, largest: bool = True) -> tuple[np.nda
     return np.take_along_axis(block, idx, axis=1), idx
 
 
+GROUP = 64  # columns per group in the group-maximum prefilter
+
+
+def select_topk_grouped(block: np.ndarray, k: int, g: int = GROUP) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-row top-k (largest) of ``block`` [b, G·g] through a group-maximum prefilter.
+
+    The row's k largest entries lie in at most k column groups, and every such group's maximum is at
+    least the k-th largest entry, so they all lie in the k groups with the largest maxima: one max
+    pass over the block, a top-k over the G group maxima, and a top-k over k·g candidates."""
+    b, n = block.shape
+    G = n // g
+    kg = min(k, G)
+    gmax = block.reshape(b, G, g).max(axis=2)  # [b, G]
+    groups = np.argpartition(-gmax, kg - 1, axis=1)[:, :kg] if kg < G else np.broadcast_to(np.arange(G), (b, G))
+    groups = np.sort(groups, axis=1)  # candidates in column order: ties go to the lower column
+    cols = (groups[:, :, None] * g + np.arange(g)).reshape(b, kg * g)  # [b, kg·g] column ids
+    vals, pos = select_topk(np.take_along_axis(block, cols, axis=1), k)
+    return vals, np.take_along_axis(cols, pos, axis=1)
+
+
 def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = None, largest: bool = True,
               block: int | None = None, progress: Callable[[int], None] | None = None
               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (row_ids [b], values [b, k], col_ids [b, k]) for each block of the selected rows of A @ B."""
+    """Yield (row_ids [b], values [b, k], col_ids [b, k]) for each block of the selected rows of A @ B.
+
+    Each block is computed into one preallocated buffer; when k is small against the row length the
+    selection goes through the group-maximum prefilter (``select_topk_grouped``), else argpartition."""
     rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
-    step = block or block_rows(B.shape[1], B.dtype.itemsize)
+    n = B.shape[1]
+    dtype = np.result_type(A, B)
+    grouped = k * GROUP * 4 <= n
+    if grouped:  # pad the columns to whole groups; negate for the smallest entries
+        width = -(-n // GROUP) * GROUP
+        Bp = np.zeros((B.shape[0], width), dtype)
+        Bp[:, :n] = B if largest else -B
+    else:
+        width, Bp = n, B
+    step = block or block_rows(width, dtype.itemsize)
+    buf = np.empty((min(step, len(rows)), width), dtype)
     for start in range(0, len(rows), step):
         ids = rows[start:start + step]
-        vals, cols = select_topk(A[ids] @ B, k, largest)
+        out = buf[:len(ids)]
+        np.matmul(A[ids], Bp, out=out)
+        if grouped:
+            out[:, n:] = -np.inf  # padding never wins
+            vals, cols = select_topk_grouped(out, k)
+            vals = vals if largest else -vals
+        else:
+            vals, cols = select_topk(out, k, largest)
         yield ids, vals, cols
         if progress:
             progress(len(ids))

@@ -147,3 +147,29 @@ def test_composition_scores_equal_dense_formula(H, d, e, seed):
                 B = {"q": Q @ K.T, "k": K @ Q.T, "v": w["blocks.1.attn.W_V"][h2] @ w["blocks.1.attn.W_O"][h2]}[kind]
                 dense = np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B))
                 np.testing.assert_allclose(S[h1, h2], dense, rtol=1e-8)
+
+
+@given(st.integers(1, 12), st.integers(1, 40), st.sampled_from([1, 2, 4, 8]), st.integers(1, 20), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_group_maximum_prefilter_equals_dense(b, groups, g, k, ties, seed):
+    from tcli.core.stream import select_topk_grouped
+
+    rng = np.random.default_rng(seed)
+    block = (rng.integers(-3, 3, (b, groups * g)) if ties else rng.standard_normal((b, groups * g))).astype(np.float32)
+    vals, cols = select_topk_grouped(block, k, g)
+    kk = vals.shape[1]
+    assert kk == min(k, groups * g)
+    dense = -np.sort(-block, axis=1)[:, :kk]
+    np.testing.assert_array_equal(vals, dense)
+    np.testing.assert_array_equal(np.take_along_axis(block, cols, 1), vals)
+    assert all(len(set(r)) == len(r) for r in cols.tolist())
+
+
+@given(st.integers(1, 30), st.integers(260, 900), st.integers(1, 3), st.booleans(), st.integers(0, 2**31 - 1))
+def test_streamed_topk_grouped_path_equals_dense(m, n, k, largest, seed):
+    rng = np.random.default_rng(seed)
+    A, B = rng.standard_normal((m, 5)), rng.standard_normal((5, n))
+    M = A @ B
+    got = np.concatenate([v for _, v, _ in topk_rows(A, B, k, largest=largest, block=7)])
+    dense = -np.sort(-M, axis=1)[:, :k] if largest else np.sort(M, axis=1)[:, :k]
+    np.testing.assert_allclose(got, dense, rtol=0, atol=1e-12)
