@@ -56,36 +56,40 @@ def select_topk_grouped(block: np.ndarray, k: int, g: int = GROUP) -> tuple[np.n
     return vals, np.take_along_axis(cols, pos, axis=1)
 
 
-def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = None, largest: bool = True,
-              block: int | None = None, progress: Callable[[int], None] | None = None
-              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (row_ids [b], values [b, k], col_ids [b, k]) for each block of the selected rows of A @ B.
-
-    Each block is computed into one preallocated buffer; when k is small against the row length the
-    selection goes through the group-maximum prefilter (``select_topk_grouped``), else argpartition."""
-    rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
+def _blocks(A: np.ndarray, B: np.ndarray, rows: np.ndarray, largest: bool, grouped: bool, block: int | None):
+    """Yield (row ids, block) with block = ±(A[ids] @ B) [b, width] in one reused buffer, negated for
+    the smallest entries, columns padded to whole groups with -inf when ``grouped``."""
     n = B.shape[1]
     dtype = np.result_type(A, B)
-    grouped = k * GROUP * 4 <= n
-    if grouped:  # pad the columns to whole groups; negate for the smallest entries
-        width = -(-n // GROUP) * GROUP
+    if grouped or not largest:
+        width = -(-n // GROUP) * GROUP if grouped else n
         Bp = np.zeros((B.shape[0], width), dtype)
         Bp[:, :n] = B if largest else -B
     else:
         width, Bp = n, B
     step = block or block_rows(width, dtype.itemsize)
-    buf = np.empty((min(step, len(rows)), width), dtype)
+    buf = np.empty((max(1, min(step, len(rows))), width), dtype)
     for start in range(0, len(rows), step):
         ids = rows[start:start + step]
         out = buf[:len(ids)]
         np.matmul(A[ids], Bp, out=out)
-        if grouped:
-            out[:, n:] = -np.inf  # padding never wins
-            vals, cols = select_topk_grouped(out, k)
-            vals = vals if largest else -vals
-        else:
-            vals, cols = select_topk(out, k, largest)
-        yield ids, vals, cols
+        out[:, n:] = -np.inf  # padding never wins
+        yield ids, out
+
+
+def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = None, largest: bool = True,
+              block: int | None = None, progress: Callable[[int], None] | None = None
+              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (row_ids [b], values [b, k], col_ids [b, k]) for each block of the selected rows of A @ B.
+
+    When k is small against the row length the selection goes through the exact group-maximum
+    prefilter (``select_topk_grouped``), else a plain argpartition."""
+    rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
+    grouped = k * GROUP * 4 <= B.shape[1]
+    sign = 1 if largest else -1
+    for ids, out in _blocks(A, B, rows, largest, grouped, block):
+        vals, cols = select_topk_grouped(out, k) if grouped else select_topk(out, k)
+        yield ids, sign * vals, cols
         if progress:
             progress(len(ids))
 
@@ -94,24 +98,36 @@ def global_topk(A: np.ndarray, B: np.ndarray, n: int, largest: bool = True, bloc
                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The n largest (or smallest) entries of A @ B over all rows and columns.
 
-    Returns (row_ids [n'], col_ids [n'], values [n']) best first, ties by (row, col) ascending."""
+    Per block: group maxima [b, G], the n best (row, group) cells, their n·g entries; merged with the
+    running best. Exact for the same reason as ``select_topk_grouped``. Returns (row_ids [n'],
+    col_ids [n'], values [n']) best first, ties by (row, col) ascending."""
     m, ncols = A.shape[0], B.shape[1]
-    best_r = np.empty(0, np.int64)
-    best_c = np.empty(0, np.int64)
+    grouped = n * GROUP * 4 <= m * ncols and ncols >= GROUP
+    best_r, best_c = np.empty(0, np.int64), np.empty(0, np.int64)
     best_v = np.empty(0, np.result_type(A, B))
-    step = block or block_rows(ncols, B.dtype.itemsize)
-    for start in range(0, m, step):
-        blk = A[start:start + step] @ B
-        flat = blk.ravel()
-        key = -flat if largest else flat
-        take = min(n, flat.size)
-        cand = np.argpartition(key, take - 1)[:take] if take < flat.size else np.arange(flat.size)
-        r, c = np.divmod(cand, ncols)
-        best_r = np.concatenate([best_r, r + start])
-        best_c = np.concatenate([best_c, c])
-        best_v = np.concatenate([best_v, flat[cand]])
-        order = np.lexsort((best_c, best_r, -best_v if largest else best_v))[:n]
+    for ids, out in _blocks(A, B, np.arange(m), largest, grouped, block):
+        b, width = out.shape
+        if grouped:
+            G = width // GROUP
+            gmax = out.reshape(b, G, GROUP).max(axis=2).ravel()
+            take = min(n, gmax.size)
+            cells = np.argpartition(-gmax, take - 1)[:take] if take < gmax.size else np.arange(gmax.size)
+            r, gi = np.divmod(cells, G)
+            c = (gi[:, None] * GROUP + np.arange(GROUP)).ravel()
+            r = np.repeat(r, GROUP)
+            v = out[r, c]
+        else:
+            flat = out.ravel()
+            take = min(n, flat.size)
+            cand = np.argpartition(-flat, take - 1)[:take] if take < flat.size else np.arange(flat.size)
+            r, c = np.divmod(cand, width)
+            v = flat[cand]
+        keep = c < ncols
+        best_r = np.concatenate([best_r, ids[r[keep]]])
+        best_c = np.concatenate([best_c, c[keep]])
+        best_v = np.concatenate([best_v, v[keep]])
+        order = np.lexsort((best_c, best_r, -best_v))[:n]
         best_r, best_c, best_v = best_r[order], best_c[order], best_v[order]
         if progress:
-            progress(blk.shape[0])
-    return best_r, best_c, best_v
+            progress(b)
+    return best_r, best_c, best_v if largest else -best_v

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -42,19 +41,46 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def write_csv(table: Table, fh, headers: bool = True) -> None:
-    writer = csv.writer(fh, lineterminator="\n")
+def _csv_quote(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\r\n') else s
+
+
+def _text_column(values, escape) -> list[str]:
+    """One column of a chunk as text: numbers in their shortest round-trip form, strings escaped."""
+    import numpy as np
+
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(str).tolist()
+    memo: dict = {}
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            t = memo.get(v)
+            if t is None:
+                t = memo[v] = escape(v)
+            out.append(t)
+        else:
+            out.append(_cell(v))
+    return out
+
+
+def _write_delimited(table: Table, fh, sep: str, escape, headers: bool) -> None:
     if headers:
-        writer.writerow(table.columns)
-    for row in table.rows():
-        writer.writerow([_cell(v) for v in row])
+        fh.write(sep.join(escape(c) for c in table.columns) + "\n")
+    for chunk in table.chunks:
+        cols = [_text_column(chunk[c], escape) for c in table.columns]
+        if cols and cols[0]:
+            fh.write("\n".join(map(sep.join, zip(*cols))) + "\n")
+
+
+def write_csv(table: Table, fh, headers: bool = True) -> None:
+    """RFC 4180 CSV: fields with a comma, quote, CR or LF are quoted, quotes doubled."""
+    _write_delimited(table, fh, ",", _csv_quote, headers)
 
 
 def write_tsv(table: Table, fh, headers: bool = True) -> None:
-    if headers:
-        fh.write("\t".join(table.columns) + "\n")
-    for row in table.rows():
-        fh.write("\t".join(tsv_escape(v) for v in row) + "\n")
+    """Unquoted TSV: tab, LF, CR and backslash inside a value are written \\t, \\n, \\r, \\\\."""
+    _write_delimited(table, fh, "\t", tsv_escape, headers)
 
 
 def _json_value(v):

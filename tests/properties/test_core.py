@@ -173,3 +173,15 @@ def test_streamed_topk_grouped_path_equals_dense(m, n, k, largest, seed):
     got = np.concatenate([v for _, v, _ in topk_rows(A, B, k, largest=largest, block=7)])
     dense = -np.sort(-M, axis=1)[:, :k] if largest else np.sort(M, axis=1)[:, :k]
     np.testing.assert_allclose(got, dense, rtol=0, atol=1e-12)
+
+
+@given(st.integers(1, 30), st.integers(64, 700), st.integers(1, 12), st.booleans(), st.integers(1, 9),
+       st.integers(0, 2**31 - 1))
+def test_global_topk_grouped_path_equals_dense(m, n, top, largest, block, seed):
+    rng = np.random.default_rng(seed)
+    A, B = rng.standard_normal((m, 4)), rng.standard_normal((4, n))
+    M = A @ B
+    r, c, v = global_topk(A, B, top, largest=largest, block=block)
+    flat = np.sort(M.ravel())[::-1] if largest else np.sort(M.ravel())
+    np.testing.assert_allclose(v, flat[:top], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(M[r, c], v, rtol=0, atol=1e-12)
