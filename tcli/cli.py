@@ -471,8 +471,11 @@ def _version(value: bool):
 
 @app.callback()
 def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                               help="Print the version and exit.")] = False):
+                                               help="Print the version and exit.")] = False,
+         debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of internal errors.")] = False):
     """Interpretable tables from the weights of transformer checkpoints."""
+    if debug:
+        os.environ["TCLI_DEBUG"] = "1"
 
 
 def main():

@@ -6,8 +6,7 @@ For h1 in layer l1 < l2 and h2 in l2, with A = W_OV^{h1} = W_V W_O [d, d] (row v
 With M = W_O^{h1} X^{h2} [e, e] (X = W_Q, W_K or W_V) the numerator is
   ‖W_V M Y‖_F² = tr(Mᵀ (W_VᵀW_V) M (Y Yᵀ)), so every pair costs e³ after one [H e, H e] product
 per layer pair. Baseline: the mean score of BASELINE_SAMPLES pairs of random Gaussian matrices
-with the same factor shapes ([d, e] @ [e, d]; the score ignores norms), seed 0 — about
-sqrt(e / d²)·… in practice near 1/sqrt(d) for e ≪ d.
+with the same factor shapes ([d, e] @ [e, d]; the score ignores norms), seed 0.
 """
 
 from __future__ import annotations
@@ -53,17 +52,37 @@ def baseline(d_model: int, d_head: int, samples: int = BASELINE_SAMPLES, seed: i
 def compose(w, kinds=("q", "k", "v"), top: int | None = None) -> Table:
     """Every (h1 in l1, h2 in l2 > l1) pair and kind, ranked by score (descending)."""
     cfg = w.cfg
+    H = cfg.n_heads
     base = baseline(cfg.d_model, cfg.d_head)
     rows = []
+    grids = {}  # kind -> [L·H, L·H] scores, rows = earlier head, cols = later head (NaN elsewhere)
     for kind in kinds:
+        grid = np.full((cfg.n_layers * H, cfg.n_layers * H), np.nan)
         for l1 in range(cfg.n_layers):
             for l2 in range(l1 + 1, cfg.n_layers):
                 S = composition_scores(w, kind, l1, l2)
-                rows += [(kind, l1, h1, l2, h2, float(S[h1, h2]), base)
-                         for h1 in range(cfg.n_heads) for h2 in range(cfg.n_heads)]
+                grid[l1 * H:(l1 + 1) * H, l2 * H:(l2 + 1) * H] = S
+                rows += [(kind, l1, h1, l2, h2, float(S[h1, h2]), base) for h1 in range(H) for h2 in range(H)]
+        grids[kind] = grid
     rows.sort(key=lambda r: (-(r[5] if r[5] == r[5] else -1), r[0], r[1], r[2], r[3], r[4]))
     notes = [f"baseline: mean score of {BASELINE_SAMPLES} random pairs of rank-{cfg.d_head} "
              f"{cfg.d_model}×{cfg.d_model} matrices (seed 0) = {base:.4f}"]
     if not rows:
         notes.append("the model has one layer: no pairs of heads across layers")
-    return Table.from_rows(COLUMNS, rows[:top] if top else rows, title="Composition scores", notes=notes)
+    table = Table.from_rows(COLUMNS, rows[:top] if top else rows, title="Composition scores", notes=notes)
+    if rows and cfg.n_layers * H <= 96:
+        table.plot = lambda console: _draw(console, grids, cfg)
+    return table
+
+
+def _draw(console, grids, cfg) -> None:
+    """Heatmaps of the scores: rows = earlier head, columns = later head, in layer.head order."""
+    from ..output.plots import draw_heatmap
+
+    H = cfg.n_heads
+    labels = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(H)]
+    for kind, grid in grids.items():
+        rows = slice(0, (cfg.n_layers - 1) * H)  # heads that have a later layer
+        cols = slice(H, cfg.n_layers * H)
+        draw_heatmap(console, np.nan_to_num(grid[rows, cols], nan=0.0), labels[rows], labels[cols],
+                     f"{kind}-composition")

@@ -143,5 +143,19 @@ def attention(w, vocab, tokens, heads, k: int = 3, position: int | None = None) 
         chunks.append({"layer": np.full(keep.sum(), l), "head": np.full(keep.sum(), h), "dst_pos": d,
                        "dst_token": strings[d], "rank": np.tile(np.arange(1, kk + 1), len(dst))[keep],
                        "src_pos": s, "src_token": strings[s], "weight": vals.ravel()[keep]})
-    return Table(ATTENTION_COLUMNS, chunks, title="Attention patterns (top sources per destination)",
-                 token_columns=("dst_token", "src_token"))
+    table = Table(ATTENTION_COLUMNS, chunks, title="Attention patterns (top sources per destination)",
+                  token_columns=("dst_token", "src_token"))
+    if T <= 64 and len(heads) <= 4:
+        table.plot = lambda console: _draw_patterns(console, cache, heads, strings)
+    return table
+
+
+def _draw_patterns(console, cache: Cache, heads, strings) -> None:
+    """Heatmaps of whole patterns: rows = destination position, columns = source position."""
+    from ..output.plots import draw_heatmap
+    from ..output.table import visible
+
+    labels = [f"{i} {visible(t)}"[:14] for i, t in enumerate(strings)]
+    for l, h in heads:
+        draw_heatmap(console, cache.pattern[l][h], labels, [str(i) for i in range(len(strings))],
+                     f"head {l}.{h} attention (rows: destination, columns: source position)")

@@ -119,7 +119,8 @@ def write_table(table: Table, fh, color: bool | None = None, width: int | None =
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    console = Console(file=fh, color_system="auto" if color is not False else None,
+    force = os.environ.get("CLICOLOR_FORCE", "0") not in ("", "0") and "NO_COLOR" not in os.environ
+    console = Console(file=fh, color_system="auto" if color is not False else None, force_terminal=force or None,
                       no_color=color is False, width=width, highlight=False)
     if table.record:
         table = Table.from_rows(["key", "value"], zip(table.columns, next(table.rows())), title=table.title)

@@ -1,0 +1,42 @@
+"""Terminal pictures: the data they draw, and their colourless fallback."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from rich.console import Console
+
+from tcli.analyses.compose import compose, composition_scores
+from tcli.checkpoint import open_checkpoint
+from tcli.output.plots import SHADES, heatmap_lines
+from tcli.output.render import write_table
+from tcli.processing import process
+
+
+def test_shades_map_values_monotonically():
+    lines = heatmap_lines([[0.0, 0.25, 0.5, 0.75, 1.0]], color=False)
+    assert lines[0].plain == SHADES[0] + SHADES[1] + SHADES[2] + SHADES[3] + SHADES[4]
+
+
+def test_colour_heatmap_packs_two_rows_per_line():
+    lines = heatmap_lines(np.zeros((5, 3)), color=True)
+    assert len(lines) == 3 and all(l.plain == "▀▀▀" for l in lines)
+
+
+def test_compose_heatmap_draws_the_scores(attn_only_dir):
+    w = process(open_checkpoint(attn_only_dir).weights(np.float64))
+    table = compose(w, kinds=("k",))
+    buf = io.StringIO()
+    write_table(table, buf, color=False, width=100)
+    text = buf.getvalue()
+    assert "k-composition" in text
+    S = composition_scores(w, "k", 0, 1)
+    lo, hi = S.min(), S.max()
+    # one line per earlier head, one shade per later head; the darkest cell is the minimum score
+    grid_lines = [l for l in text.splitlines() if l.strip().startswith(("0.0 ", "0.1 ", "0.2 "))]
+    assert len(grid_lines) == 3
+    for h1, line in enumerate(grid_lines):
+        cells = line.split(" ", 1)[1].strip("\n")
+        expect = "".join(SHADES[int(round((v - lo) / (hi - lo) * 4))] for v in S[h1])
+        assert cells.rstrip() == expect.rstrip()

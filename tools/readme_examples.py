@@ -1,0 +1,101 @@
+"""Regenerate the example outputs in README.md and the table in sample_weights/README.md.
+
+    python tools/readme_examples.py
+
+Runs each example command on the bundled samples (table format, 100 columns, no colour) and
+replaces the block between ``<!-- examples:start -->`` and ``<!-- examples:end -->``; renders
+sample_weights/training.json (written by tools/train_samples.py) into sample_weights/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXAMPLES = [
+    ("The strongest bigrams of the zero-layer model's direct path", "tcli bigram --global 8"),
+    ("What an attended ' the' makes a one-layer head predict", "tcli ov 0.{copy_head} --token ' the' -k 6"),
+    ("Skip-trigrams of that head", "tcli skiptrigram 0.{copy_head} -k 8"),
+    ("Its OV spectrum", "tcli spectrum 0.{copy_head} --circuit ov -k 6"),
+    ("The two-layer census: a previous-token head and an induction head", "tcli heads"),
+    ("K-composition between them", "tcli compose --kind k -k 5"),
+    ("Direct logit attribution on the GPT-2-style sample", "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' "),
+]
+
+
+def run(cmd: str) -> str:
+    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    argv = shlex.split(cmd)
+    out = subprocess.run([sys.executable, "-m", "tcli", *argv[1:], "--format", "table"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    lines = [l.rstrip() for l in out.stdout.splitlines()]
+    if len(lines) > 24:
+        lines = lines[:22] + ["…"]
+    return "\n".join(lines)
+
+
+def copy_head() -> int:
+    """The one-layer head with the highest copying score (read through tcli's own census)."""
+    out = subprocess.run([sys.executable, "-m", "tcli", "heads", "sample_weights/attn-only-1l", "--no-behaviour",
+                          "--json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    return max(rows, key=lambda r: r["copying_score"])["head"]
+
+
+def examples() -> str:
+    h = copy_head()
+    parts = []
+    for title, cmd in EXAMPLES:
+        cmd = cmd.format(copy_head=h)
+        parts.append(f"{title}:\n\n```text\n$ {cmd}\n{run(cmd)}\n```\n")
+    return "\n".join(parts)
+
+
+def sample_readme() -> str:
+    rep = json.loads((ROOT / "sample_weights/training.json").read_text())
+    lines = [
+        "# Sample weights", "",
+        "Small models trained on `tinyshakespeare.txt` by `tools/train_samples.py` (torch CPU, seed "
+        f"{rep['seed']}), each a self-contained checkpoint folder with the shared byte-level BPE tokenizer "
+        f"(vocabulary {rep['vocab']}, {rep['corpus_tokens']:,} corpus tokens; the last 10% held out for "
+        "validation). Batches of "
+        f"{rep['batch_tokens']} tokens ({rep['seq_len']}-token windows), lr {rep['lr']}, {rep['optimizer']}. "
+        "d_model 128; attention-only models have 8 heads of d_head 16, no LayerNorm and no unembedding bias, "
+        "so their circuits are exactly the paths they compute.", "",
+        "| model | data | steps | train loss | validation loss | training time (s, 2 cores) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in rep["models"].items():
+        lines.append(f"| `{name}` | {m['data']} | {m['steps']} | {m['train_loss']:.3f} | {m['val_loss']:.3f} | "
+                     f"{m['seconds']:.0f} |")
+    two = rep["models"].get("attn-only-2l")
+    if two:
+        best = max((s, l, h) for l, row in enumerate(two["induction_scores"]) for h, s in enumerate(row))
+        lines += ["", f"`attn-only-2l` on repeated random sequences (64 tokens twice): loss on the second copy "
+                      f"{two['repeat_loss']:.3f} nats (chance: {__import__('math').log(rep['vocab']):.2f}); "
+                      f"strongest induction head {best[1]}.{best[2]} with mean attention {best[0]:.2f} to the "
+                      "token after the previous occurrence."]
+    lines += ["", "Formats: `attn-only-*` use tcli's own format (canonical TransformerLens tensor names, "
+              "`config.json` with `model_type: tcli`); `gpt2-2l` is a Hugging Face GPT-2 checkpoint.",
+              "The full training log (loss every 250 steps) is in `training.json`.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- examples:start -->", "<!-- examples:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(head + start + "\n" + examples() + end + tail)
+    (ROOT / "sample_weights/README.md").write_text(sample_readme())
+
+
+if __name__ == "__main__":
+    main()
