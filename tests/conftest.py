@@ -39,3 +39,21 @@ def attn_only_dir(tmp_path_factory):
     from builders import random_attn_only
 
     return random_attn_only(tmp_path_factory.mktemp("ao") / "m")
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture()
+def figure():
+    """Record a measured figure; all of them are printed at the end of the run."""
+    def record(name: str, value, bound: str = ""):
+        FIGURES.append(f"{name}: {value}" + (f" (asserted {bound})" if bound else ""))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("measured figures (paper claims on the bundled samples)")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
