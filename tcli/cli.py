@@ -463,6 +463,26 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
     opts.render(run_attention(w, vocab, _prompt(opts, prompt, ids), heads, k, position))
 
 
+@app.command()
+@common(sample="attn-only-2l")
+def report(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
+                                                                     "passes of the census.")] = False):
+    """One self-contained HTML page for a quick look at a model (-o report.html; default: stdout).
+
+    Info, the head census, spectra, composition heatmaps, the strongest bigrams and OV/QK entries of
+    the strongest heads. Data inline, no external scripts: it works offline. Default checkpoint:
+    attn-only-2l."""
+    from .analyses.report import report as run_report
+    from .output.render import atomic_write
+
+    ckpt, w, vocab = opts.load()
+    page = run_report(w, vocab, ckpt, behaviour=not no_behaviour)
+    if opts.out:
+        atomic_write(opts.out, lambda fh: fh.write(page))
+    else:
+        sys.stdout.write(page)
+
+
 def _version(value: bool):
     if value:
         print(f"tcli {__version__}")

@@ -40,3 +40,23 @@ def test_compose_heatmap_draws_the_scores(attn_only_dir):
         cells = line.split(" ", 1)[1].strip("\n")
         expect = "".join(SHADES[int(round((v - lo) / (hi - lo) * 4))] for v in S[h1])
         assert cells.rstrip() == expect.rstrip()
+
+
+def test_report_is_one_self_contained_page(attn_only_dir, tmp_path):
+    import re
+
+    from helpers import invoke
+
+    out = tmp_path / "r.html"
+    invoke("report", attn_only_dir, "-o", out)
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert not re.search(r"(src|href)=[\"']?https?:", page) and "<script" not in page  # works offline
+    for section in ("Head census", "Spectra", "Composition scores", "Strongest bigrams", "OV: source"):
+        assert section in page
+    # census: one row per head (2 layers x 3 heads) plus the header row
+    census = page.split("<h2>Head census</h2>")[1].split("</table>")[0]
+    assert census.count("<tr>") == 1 + 6
+    # composition heatmaps: 3 earlier heads x 3 later heads per kind, each cell titled with its score
+    assert len(re.findall(r'title="0\.\d → 1\.\d: ', page)) == 3 * 9
+    assert oct(out.stat().st_mode & 0o777) != "0o600"

@@ -187,6 +187,11 @@ def render(table: Table, fmt: str, out: str | None = None, headers: bool = True)
         emit(sys.stdout)
         sys.stdout.flush()
         return
+    atomic_write(out, emit)
+
+
+def atomic_write(out: str | os.PathLike, emit) -> None:
+    """Call ``emit(fh)`` on a temporary file beside ``out`` and rename it into place on success."""
     target = Path(out)
     if not target.parent.exists():
         raise InputError(f"cannot write {out}: folder {target.parent} does not exist")
@@ -194,6 +199,9 @@ def render(table: Table, fmt: str, out: str | None = None, headers: bool = True)
     try:
         with io.open(fd, "w", encoding="utf-8", newline="") as fh:
             emit(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file would be, not mkstemp's 0600
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
