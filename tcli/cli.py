@@ -53,6 +53,8 @@ AllRows = Annotated[bool, typer.Option("--all", help="Every row of the matrix.")
 Global = Annotated[Optional[int], typer.Option("--global", help="The N largest entries of the whole matrix "
                                                "(the default mode, with N = 30).")]
 Bottom = Annotated[bool, typer.Option("--bottom", help="Rank the most negative entries instead.")]
+Plot = Annotated[Optional[str], typer.Option("--plot", help="Also draw the figure into FILE.png, .svg or .pdf "
+                                             "(needs matplotlib: pip install 'tcli[plot]').")]
 AllHeads = Annotated[bool, typer.Option("--all-heads", help="Every head of the model.")]
 
 
@@ -103,9 +105,13 @@ class Options:
             raise InputError("no head given", "name heads as L.H (e.g. 0.1) or pass --all-heads")
         return check_heads(w.cfg, self.heads)
 
-    def render(self, table):
+    def render(self, table, plot: str | None = None):
         from .output.render import render
 
+        if plot:
+            from .output.mpl import save_figures
+
+            save_figures(table.figures, plot)
         render(table, self.fmt, self.out, self.headers)
 
 
@@ -323,7 +329,7 @@ def spectrum(opts: Options, circuit: Annotated[str, typer.Option("--circuit", "-
                                                                  "or wqk.")] = "ov",
              k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the first K values.")] = None,
              eigen: Annotated[bool, typer.Option("--eigen", help="Eigenvalues instead of singular values.")] = False,
-             all_heads: AllHeads = False):
+             all_heads: AllHeads = False, plot: Plot = None):
     """Singular values (or eigenvalues) of a circuit, exact from its factors.
 
     Circuits: direct (W_E W_U), ov (W_E W_OV W_U), qk (W_E W_QK W_E^T), wov (W_V W_O), wqk (W_Q W_K^T).
@@ -335,7 +341,7 @@ def spectrum(opts: Options, circuit: Annotated[str, typer.Option("--circuit", "-
     _positive("--top", k)
     heads = [] if circuit == "direct" else opts.selected_heads(all_heads or not opts.heads)
     _, w, _ = opts.load()
-    opts.render(run(w, circuit, heads, k, eigen))
+    opts.render(run(w, circuit, heads, k, eigen), plot)
 
 
 @app.command()
@@ -361,7 +367,8 @@ def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behavi
 @common(sample="attn-only-2l")
 def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--kind", help="q, k or v "
                                                                              "(repeatable; default all).")] = None,
-            k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the K strongest pairs.")] = None):
+            k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the K strongest pairs.")] = None,
+            plot: Plot = None):
     """Q/K/V composition scores ‖A B‖_F / (‖A‖_F ‖B‖_F) for every pair of heads across layers.
 
     A = W_OV of the earlier head; B = W_QK (q), W_QK^T (k) or W_OV (v) of the later head. Ranked by
@@ -375,7 +382,7 @@ def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--
     if bad:
         raise InputError(f"--kind {bad[0]!r}: choose q, k or v")
     _, w, _ = opts.load()
-    opts.render(run(w, kinds, k))
+    opts.render(run(w, kinds, k), plot)
 
 
 Prompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text, encoded with the "
@@ -445,7 +452,8 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
               head: Annotated[Optional[List[str]], typer.Option("--head", help="L.H (repeatable); default: "
                                                                 "the heads given as arguments, else all.")] = None,
               position: Annotated[Optional[int], typer.Option("--position", help="One destination position "
-                                                              "(-1: the last); default: all.")] = None):
+                                                              "(-1: the last); default: all.")] = None,
+              plot: Plot = None):
     """Attention patterns on a prompt: the top -k source positions of each destination, per head.
 
     Columns: layer, head, dst_pos, dst_token, rank, src_pos, src_token, weight. Default checkpoint:
@@ -460,7 +468,7 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
         opts.heads.append((int(m.group(1)), int(m.group(2))))
     heads = opts.selected_heads(all_heads=not opts.heads)
     _, w, vocab = opts.load()
-    opts.render(run_attention(w, vocab, _prompt(opts, prompt, ids), heads, k, position))
+    opts.render(run_attention(w, vocab, _prompt(opts, prompt, ids), heads, k, position), plot)
 
 
 @app.command()

@@ -60,3 +60,22 @@ def test_report_is_one_self_contained_page(attn_only_dir, tmp_path):
     # composition heatmaps: 3 earlier heads x 3 later heads per kind, each cell titled with its score
     assert len(re.findall(r'title="0\.\d → 1\.\d: ', page)) == 3 * 9
     assert oct(out.stat().st_mode & 0o777) != "0o600"
+
+
+def test_plot_files_and_missing_matplotlib(attn_only_dir, tmp_path, monkeypatch):
+    import sys
+
+    from helpers import invoke
+    from test_errors import assert_one_line_error
+
+    png, svg = tmp_path / "c.png", tmp_path / "s.svg"
+    invoke("compose", attn_only_dir, "--plot", png, "--csv")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    invoke("spectrum", attn_only_dir, "--circuit", "ov", "--plot", svg, "--csv")
+    assert "<svg" in svg.read_text()[:2000]
+    invoke("attention", attn_only_dir, "--ids", "1,2,3,4", "--head", "1.0", "--plot", tmp_path / "a.png", "--csv")
+    assert_one_line_error(invoke("compose", attn_only_dir, "--plot", tmp_path / "x.gif", ok=False), ".png, .svg")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert_one_line_error(invoke("compose", attn_only_dir, "--plot", tmp_path / "y.png", ok=False),
+                          "needs matplotlib", "tcli[plot]")
+    assert not (tmp_path / "y.png").exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..output.table import Table
+from ..output.table import Figure, Table
 
 COLUMNS = ["kind", "layer1", "head1", "layer2", "head2", "score", "baseline"]
 BASELINE_SAMPLES = 16
@@ -70,19 +70,9 @@ def compose(w, kinds=("q", "k", "v"), top: int | None = None) -> Table:
     if not rows:
         notes.append("the model has one layer: no pairs of heads across layers")
     table = Table.from_rows(COLUMNS, rows[:top] if top else rows, title="Composition scores", notes=notes)
-    if rows and cfg.n_layers * H <= 96:
-        table.plot = lambda console: _draw(console, grids, cfg)
+    if rows:
+        labels = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(H)]
+        earlier, later = slice(0, (cfg.n_layers - 1) * H), slice(H, cfg.n_layers * H)
+        table.figures = [Figure("heatmap", f"{kind}-composition", grid[earlier, later], labels[earlier], labels[later],
+                                "later head", "earlier head") for kind, grid in grids.items()]
     return table
-
-
-def _draw(console, grids, cfg) -> None:
-    """Heatmaps of the scores: rows = earlier head, columns = later head, in layer.head order."""
-    from ..output.plots import draw_heatmap
-
-    H = cfg.n_heads
-    labels = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(H)]
-    for kind, grid in grids.items():
-        rows = slice(0, (cfg.n_layers - 1) * H)  # heads that have a later layer
-        cols = slice(H, cfg.n_layers * H)
-        draw_heatmap(console, np.nan_to_num(grid[rows, cols], nan=0.0), labels[rows], labels[cols],
-                     f"{kind}-composition")

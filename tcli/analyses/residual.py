@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..forward import Cache, Norm, run
-from ..output.table import Table
+from ..output.table import Figure, Table
 
 DECOMPOSE_COLUMNS = ["component", "layer", "head", "value", "label"]
 LENS_COLUMNS = ["layer", "position", "rank", "token_id", "token", "logit"]
@@ -145,17 +145,10 @@ def attention(w, vocab, tokens, heads, k: int = 3, position: int | None = None) 
                        "src_pos": s, "src_token": strings[s], "weight": vals.ravel()[keep]})
     table = Table(ATTENTION_COLUMNS, chunks, title="Attention patterns (top sources per destination)",
                   token_columns=("dst_token", "src_token"))
-    if T <= 64 and len(heads) <= 4:
-        table.plot = lambda console: _draw_patterns(console, cache, heads, strings)
-    return table
-
-
-def _draw_patterns(console, cache: Cache, heads, strings) -> None:
-    """Heatmaps of whole patterns: rows = destination position, columns = source position."""
-    from ..output.plots import draw_heatmap
     from ..output.table import visible
 
     labels = [f"{i} {visible(t)}"[:14] for i, t in enumerate(strings)]
-    for l, h in heads:
-        draw_heatmap(console, cache.pattern[l][h], labels, [str(i) for i in range(len(strings))],
-                     f"head {l}.{h} attention (rows: destination, columns: source position)")
+    table.figures = [Figure("heatmap", f"head {l}.{h} attention (rows: destination, columns: source position)",
+                            cache.pattern[l][h], labels, [str(i) for i in range(T)], "source position",
+                            "destination") for l, h in heads[:8]]
+    return table

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core.factored import effective_rank
 from ..errors import InputError
-from ..output.table import Table
+from ..output.table import Figure, Table
 from . import circuits
 
 COLUMNS = ["circuit", "layer", "head", "index", "singular_value", "cumulative_variance"]
@@ -47,5 +47,13 @@ def spectrum(w, circuit: str, heads, k: int | None = None, eigen: bool = False, 
         chunks.append({"circuit": [circuit] * len(s), "layer": [l] * len(s), "head": [h] * len(s),
                        "index": np.arange(1, len(s) + 1), "singular_value": s, "cumulative_variance": cum})
     kind = "Eigenvalues" if eigen else "Singular values"
+    series = [(c["circuit"][0] if c["layer"][0] is None else f"{circuit} {c['layer'][0]}.{c['head'][0]}",
+               np.asarray(c["abs"] if eigen else c["singular_value"], dtype=float)) for c in chunks]
+    n = max((len(v) for _, v in series), default=0)
+    data = np.full((len(series), n), np.nan)
+    for i, (_, v) in enumerate(series):
+        data[i, :len(v)] = v
+    figures = [Figure("lines", f"{kind} of the {circuit} circuit", data, [s for s, _ in series],
+                      list(range(1, n + 1)), "index", "|λ|" if eigen else "σ")]
     return Table(EIGEN_COLUMNS if eigen else COLUMNS, chunks, title=f"{kind} of the {circuit} circuit",
-                 notes=notes, bar="abs" if eigen else "singular_value")
+                 notes=notes, bar="abs" if eigen else "singular_value", figures=figures)

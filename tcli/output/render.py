@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -148,8 +149,11 @@ def write_table(table: Table, fh, color: bool | None = None, width: int | None =
             cells.append(("[red]" if v < 0 else "[green]") + "█" * n + "[/]")
         rt.add_row(*cells)
     console.print(rt)
-    if table.plot is not None:
-        table.plot(console)
+    from .plots import draw_heatmap
+
+    for fig in table.figures:
+        if fig.kind == "heatmap" and len(fig.cols) <= max(20, console.width - 20):
+            draw_heatmap(console, fig.data, fig.rows, fig.cols, fig.title)
     for note in table.notes:
         console.print(note, style="dim", markup=False)
     if truncated:
@@ -190,19 +194,27 @@ def render(table: Table, fmt: str, out: str | None = None, headers: bool = True)
     atomic_write(out, emit)
 
 
-def atomic_write(out: str | os.PathLike, emit) -> None:
-    """Call ``emit(fh)`` on a temporary file beside ``out`` and rename it into place on success."""
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike):
+    """Yield a temporary path beside ``out``; on success it is renamed to ``out`` (with the
+    permissions a plainly created file gets), on failure removed: never a half-written file."""
     target = Path(out)
     if not target.parent.exists():
         raise InputError(f"cannot write {out}: folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
     try:
-        with io.open(fd, "w", encoding="utf-8", newline="") as fh:
-            emit(fh)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file would be, not mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(out: str | os.PathLike, emit) -> None:
+    """Call ``emit(fh)`` on a temporary text file that replaces ``out`` only once complete."""
+    with atomic_path(out) as tmp, io.open(tmp, "w", encoding="utf-8", newline="") as fh:
+        emit(fh)

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 Chunk = dict  # column name -> sequence (list or numpy array) of equal length
+
+
+@dataclass
+class Figure:
+    """Picture data an analysis offers: a heatmap (``data`` [rows, cols]) or line series
+    (``data`` [n_series, n_points], one label per series in ``rows``)."""
+
+    kind: str  # "heatmap" | "lines"
+    title: str
+    data: object
+    rows: list = field(default_factory=list)
+    cols: list = field(default_factory=list)
+    xlabel: str = ""
+    ylabel: str = ""
 
 
 @dataclass
@@ -14,7 +28,7 @@ class Table:
 
     notes go to stderr in machine formats and under the table in table mode; ``token_columns``
     are shown with visible whitespace; ``bar`` names a numeric column drawn as a bar in table mode;
-    ``plot`` is an optional callable that renders a terminal picture after the table.
+    ``figures`` are pictures of the data: heatmaps are drawn in table mode, and all of them by --plot.
     """
 
     columns: list[str]
@@ -23,7 +37,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     token_columns: tuple[str, ...] = ()
     bar: str | None = None
-    plot: Callable | None = None
+    figures: list = field(default_factory=list)
     record: bool = False  # one record: key/value in table mode, a JSON object (not an array) in json
 
     def rows(self) -> Iterator[tuple]:
