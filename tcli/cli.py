@@ -27,9 +27,23 @@ app = typer.Typer(
 HEAD = re.compile(r"^(\d+)\.(\d+)$")
 
 # ---------------------------------------------------------------- shared options
+def complete_heads(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of L.H head names, for the checkpoint already on the line (else the sample)."""
+    try:
+        from .checkpoint import open_checkpoint, resolve_default
+
+        words = [w for w in (ctx.params.get("words") or []) if not HEAD.match(w)]
+        cfg = open_checkpoint(words[0] if words else resolve_default()).config
+        names = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+        return [n for n in names if n.startswith(incomplete)]
+    except Exception:  # completion must never fail loudly
+        return []
+
+
 Target = Annotated[Optional[List[str]], typer.Argument(
     help="[CHECKPOINT] [L.H ...]: a checkpoint directory or .safetensors file (omitted: the bundled sample), "
-         "then heads as LAYER.HEAD, e.g. 1.3", show_default=False, metavar="[CHECKPOINT] [L.H ...]")]
+         "then heads as LAYER.HEAD, e.g. 1.3", show_default=False, metavar="[CHECKPOINT] [L.H ...]",
+    autocompletion=complete_heads)]
 Arch = Annotated[Optional[Path], typer.Option("--arch", help="Family YAML describing a custom tensor layout.")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Model ids: branch, tag or commit in the "
                                                 "local Hugging Face cache.")]

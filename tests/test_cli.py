@@ -132,3 +132,14 @@ def test_help_imports_no_heavy_modules():
 def test_version_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "tcli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("tcli ")
+
+
+def test_shell_completion_of_commands_and_heads(attn_only_dir):
+    import os
+
+    env = {**os.environ, "_TCLI_COMPLETE": "complete_bash", "COMP_WORDS": f"tcli ov {attn_only_dir} 1.", "COMP_CWORD": "3"}
+    out = subprocess.run([sys.executable, "-m", "tcli"], env=env, capture_output=True, text=True).stdout.split()
+    assert out == ["1.0", "1.1", "1.2"]
+    env.update(COMP_WORDS="tcli sk", COMP_CWORD="1")
+    assert subprocess.run([sys.executable, "-m", "tcli"], env=env, capture_output=True, text=True).stdout.split() == [
+        "skiptrigram"]
