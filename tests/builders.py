@@ -64,7 +64,6 @@ def hf_model(family: str, seed: int = 0, **over):
 
 
 def save_hf(model, path: Path, dtype=None, shard: str | None = None) -> Path:
-    import torch
 
     if dtype is not None:
         model = model.to(dtype)

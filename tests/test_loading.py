@@ -79,7 +79,9 @@ def test_custom_layout_through_arch(hf_dirs, tmp_path):
     renamed = {k.replace("transformer.", "net."): v for k, v in tensors.items()}
     f = tmp_path / "custom.safetensors"
     save_file(renamed, str(f))
-    with pytest.raises(Exception):
+    from tcli.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="unknown model family"):
         open_checkpoint(f)  # no config, unknown names
     cfg = json.loads((path / "config.json").read_text())
     arch = tmp_path / "arch.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from rich.console import Console
 
 from tcli.analyses.compose import compose, composition_scores
 from tcli.checkpoint import open_checkpoint

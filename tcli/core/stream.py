@@ -15,9 +15,9 @@ import numpy as np
 BLOCK_BYTES = 128 * 2**20
 
 
-def block_rows(n_cols: int, itemsize: int = 4, budget: int = BLOCK_BYTES) -> int:
-    """Rows per block so that one block of [rows, n_cols] stays within ``budget`` bytes."""
-    return max(1, budget // max(1, n_cols * itemsize))
+def block_rows(n_cols: int, itemsize: int = 4, budget: int | None = None) -> int:
+    """Rows per block so that one block of [rows, n_cols] stays within ``budget`` bytes (BLOCK_BYTES)."""
+    return max(1, (budget or BLOCK_BYTES) // max(1, n_cols * itemsize))
 
 
 def select_topk(block: np.ndarray, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:

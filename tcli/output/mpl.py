@@ -34,7 +34,7 @@ def save_figures(figures, path: str) -> None:
         if f.kind == "heatmap":
             im = ax.imshow(data, cmap="viridis", aspect="auto", interpolation="nearest")
             fig.colorbar(im, ax=ax, shrink=0.8)
-            for axis, labels, setter in ((ax.xaxis, f.cols, ax.set_xticks), (ax.yaxis, f.rows, ax.set_yticks)):
+            for labels, setter in ((f.cols, ax.set_xticks), (f.rows, ax.set_yticks)):
                 if 0 < len(labels) <= 40:
                     setter(range(len(labels)), labels=[str(x) for x in labels], fontsize=7)
         else:

@@ -34,7 +34,7 @@ def test_streamed_topk_equals_dense_topk(AB, k, largest, block):
     A, B = AB
     M = A @ B
     got_vals, got_ids = [], []
-    for ids, vals, cols in topk_rows(A, B, k, largest=largest, block=block):
+    for _, vals, cols in topk_rows(A, B, k, largest=largest, block=block):
         got_vals.append(vals)
         got_ids.append(cols)
     vals, cols = np.concatenate(got_vals), np.concatenate(got_ids)
