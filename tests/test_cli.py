@@ -143,3 +143,18 @@ def test_shell_completion_of_commands_and_heads(attn_only_dir):
     env.update(COMP_WORDS="tcli sk", COMP_CWORD="1")
     assert subprocess.run([sys.executable, "-m", "tcli"], env=env, capture_output=True, text=True).stdout.split() == [
         "skiptrigram"]
+
+
+def test_mixed_value_types_render_faithfully():
+    import io as _io
+
+    from tcli.output.render import write_csv, write_tsv
+    from tcli.output.table import Table
+
+    t = Table.from_rows(["a", "b", "c"], [(True, 1, None), (1, True, 1.5), (0, False, "x\ty")])
+    buf = _io.StringIO()
+    write_tsv(t, buf)
+    assert buf.getvalue() == "a\tb\tc\nTrue\t1\t\n1\tTrue\t1.5\n0\tFalse\tx\\ty\n"
+    buf = _io.StringIO()
+    write_csv(Table.from_rows(["a"], [('say "hi", ok',), ("plain",)]), buf)
+    assert buf.getvalue() == 'a\n"say ""hi"", ok"\nplain\n'

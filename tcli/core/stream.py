@@ -40,18 +40,20 @@ GROUP = 64  # columns per group in the group-maximum prefilter
 
 
 def select_topk_grouped(block: np.ndarray, k: int, g: int = GROUP) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-row top-k (largest) of ``block`` [b, G·g] through a group-maximum prefilter.
+    """Exact per-row top-k (largest) of ``block`` [b, g·G] through a group-maximum prefilter.
 
-    The row's k largest entries lie in at most k column groups, and every such group's maximum is at
-    least the k-th largest entry, so they all lie in the k groups with the largest maxima: one max
-    pass over the block, a top-k over the G group maxima, and a top-k over k·g candidates."""
+    Columns fall into G groups of g, group j holding the columns j, j + G, j + 2G, … (interleaved, so
+    the group maxima are an elementwise maximum over g contiguous slabs: one fast pass). A row's k
+    largest entries lie in at most k groups, and each such group's maximum is at least the k-th
+    largest entry, so they all lie in the k groups with the largest maxima: one max pass over the
+    block, a top-k over the G group maxima, a top-k over k·g candidates."""
     b, n = block.shape
     G = n // g
     kg = min(k, G)
-    gmax = block.reshape(b, G, g).max(axis=2)  # [b, G]
+    gmax = block.reshape(b, g, G).max(axis=1)  # [b, G]: max over columns j + G·i
     groups = np.argpartition(-gmax, kg - 1, axis=1)[:, :kg] if kg < G else np.broadcast_to(np.arange(G), (b, G))
-    groups = np.sort(groups, axis=1)  # candidates in column order: ties go to the lower column
-    cols = (groups[:, :, None] * g + np.arange(g)).reshape(b, kg * g)  # [b, kg·g] column ids
+    cols = (groups[:, :, None] + G * np.arange(g)).reshape(b, kg * g)  # [b, kg·g] column ids
+    cols.sort(axis=1)  # candidates in column order: ties go to the lower column
     vals, pos = select_topk(np.take_along_axis(block, cols, axis=1), k)
     return vals, np.take_along_axis(cols, pos, axis=1)
 
@@ -109,11 +111,11 @@ def global_topk(A: np.ndarray, B: np.ndarray, n: int, largest: bool = True, bloc
         b, width = out.shape
         if grouped:
             G = width // GROUP
-            gmax = out.reshape(b, G, GROUP).max(axis=2).ravel()
+            gmax = out.reshape(b, GROUP, G).max(axis=1).ravel()  # interleaved groups, as select_topk_grouped
             take = min(n, gmax.size)
             cells = np.argpartition(-gmax, take - 1)[:take] if take < gmax.size else np.arange(gmax.size)
             r, gi = np.divmod(cells, G)
-            c = (gi[:, None] * GROUP + np.arange(GROUP)).ravel()
+            c = (gi[:, None] + G * np.arange(GROUP)).ravel()
             r = np.repeat(r, GROUP)
             v = out[r, c]
         else:

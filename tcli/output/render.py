@@ -46,30 +46,46 @@ def _csv_quote(s: str) -> str:
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\r\n') else s
 
 
-def _text_column(values, escape) -> list[str]:
-    """One column of a chunk as text: numbers in their shortest round-trip form, strings escaped."""
+_INT_TEXT: list = []
+
+
+def _int_text(values) -> list[str]:
+    """Non-negative ints as text through a growing table of their decimal strings (ids, ranks)."""
     import numpy as np
 
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+    top = int(values.max()) if values.size else 0
+    if values.size and values.min() < 0 or top > 10_000_000:
         return values.astype(str).tolist()
-    memo: dict = {}
+    if top >= len(_INT_TEXT):
+        _INT_TEXT[:] = np.arange(max(top + 1, 2 * len(_INT_TEXT))).astype(str).astype(object).tolist()
+    return np.asarray(_INT_TEXT, dtype=object)[values].tolist()
+
+
+def _text_column(values, escape, memo: dict) -> list[str]:
+    """One column of a chunk as text: numbers in their shortest round-trip form, strings escaped
+    (``memo`` keeps each distinct string's escaped form across chunks)."""
+    import numpy as np
+
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return _int_text(values)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fb":
+        return values.astype(str).tolist()
     out = []
     for v in values:
-        if isinstance(v, str):
-            t = memo.get(v)
-            if t is None:
-                t = memo[v] = escape(v)
-            out.append(t)
-        else:
-            out.append(_cell(v))
+        key = (v.__class__, v)  # True == 1, but they print differently
+        t = memo.get(key)
+        if t is None:
+            t = memo[key] = escape(v) if isinstance(v, str) else _cell(v)
+        out.append(t)
     return out
 
 
 def _write_delimited(table: Table, fh, sep: str, escape, headers: bool) -> None:
     if headers:
         fh.write(sep.join(escape(c) for c in table.columns) + "\n")
+    memos: dict = {c: {} for c in table.columns}
     for chunk in table.chunks:
-        cols = [_text_column(chunk[c], escape) for c in table.columns]
+        cols = [_text_column(chunk[c], escape, memos[c]) for c in table.columns]
         if cols and cols[0]:
             fh.write("\n".join(map(sep.join, zip(*cols))) + "\n")
 
