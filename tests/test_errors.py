@@ -180,3 +180,16 @@ def test_no_partial_output_file(tmp_path):
 
 def test_two_checkpoints(good, tmp_path):
     assert_one_line_error(invoke("info", good, tmp_path, ok=False), "already given")
+
+
+def test_option_errors_per_command(hf_dirs, good):
+    llama, gpt2 = hf_dirs["llama"][1], hf_dirs["gpt2"][1]
+    assert_one_line_error(invoke("qk", llama, "0.0", "--positional", ok=False), "learned position embeddings")
+    assert_one_line_error(invoke("qk", gpt2, "0.0", "--offset", "2", ok=False), "rotary models only")
+    assert_one_line_error(invoke("qk", llama, "0.0", "--offset", "-1", ok=False), "--offset")
+    assert_one_line_error(invoke("spectrum", good, "0.0", "--circuit", "xy", ok=False), "unknown circuit")
+    assert_one_line_error(invoke("compose", good, "--kind", "x", ok=False), "choose q, k or v")
+    assert_one_line_error(invoke("skiptrigram", good, "0.0", "-k", "0", ok=False), "positive integer")
+    assert_one_line_error(invoke("attention", good, "--ids", "1", "--head", "x", ok=False), "LAYER.HEAD")
+    assert_one_line_error(invoke("qk", good, "0.0", "--positional", "--token", "#99", ok=False), "position")
+    assert_one_line_error(invoke("bigram", good, "--csv", "--json", ok=False), "one output format")

@@ -81,9 +81,11 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
     rows/cols are positions, keys after the query are excluded in causal models."""
     strings = None if positional else _strings(vocab)
     scale = 1.0 / np.sqrt(w.cfg.d_head) if scaled else 1.0
-    circuits.preload(w, heads, ("W_Q", "W_K"))
     if positional:
-        w["embed.W_pos"]
+        circuits.qk_positional(w, *heads[0])  # validates: learned positions only
+    elif offset:
+        circuits.qk(w, *heads[0], offset=offset)  # validates: rotary only
+    circuits.preload(w, heads, ("W_Q", "W_K"))
 
     def chunks():
         for l, h in heads:
