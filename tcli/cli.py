@@ -322,7 +322,8 @@ def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: All
     """Skip-trigrams "A … B → C" of heads: B attends back to A, and A raises C.
 
     score = min(z_qk, z_ov), where z_qk = (QK[B, A] − mean QK) / std QK and z_ov = (OV[A, C] − mean OV) /
-    std OV over the whole circuits: a skip-trigram is as strong as its weaker link. The top -k
+    std OV over the whole circuits: a skip-trigram is as strong as its weaker link (equal scores are
+    ranked by the stronger link). The top -k
     triples are exact. --token restricts the source A. Columns: layer, head, rank, src_id, src_token,
     dst_id, dst_token, out_id, out_token, qk, ov, score. Default checkpoint: attn-only-1l."""
     from .analyses.skiptrigram import skiptrigram as run

@@ -103,7 +103,8 @@ def test_skiptrigrams_equal_brute_force(attn_only_dir):
     zq = (QK - QK.mean()) / QK.std()
     zo = (OV - OV.mean()) / OV.std()
     score = np.minimum(zq.T[:, :, None], zo[:, None, :])  # [A, B, C]
-    order = np.argsort(-score.ravel(), kind="stable")[:12]
+    second = np.maximum(zq.T[:, :, None], zo[:, None, :])
+    order = np.lexsort((-second.ravel(), -score.ravel()))[:12]  # stable: then A, B, C ascending
     expect = [np.unravel_index(i, score.shape) for i in order]
     rows = rows_of(skiptrigram(w, vocab, [(1, 0)], k=12))
     got = [(r["src_id"], r["dst_id"], r["out_id"]) for r in rows]

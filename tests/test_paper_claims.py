@@ -20,7 +20,7 @@ BIGRAMS = Path(__file__).parent / "data" / "bigrams.npz"
 COLS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
         "ov_top_singular_value", "ov_effective_rank", "prev_token_score", "induction_score"]
 # bounds below the figures measured on the committed samples (see sample_weights/README.md)
-MIN_SELF_SHARE = 0.05
+MIN_SELF_SHARE = 0.15
 MIN_PREV, MIN_INDUCTION, MIN_K_RATIO = 0.5, 0.3, 2.0
 
 

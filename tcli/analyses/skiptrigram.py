@@ -7,7 +7,8 @@ exact from the factors), and a triple scores
 
     score = min(z_qk, z_ov)
 
-— a skip-trigram is as strong as its weaker link. The top-n triples by this score are exact:
+— a skip-trigram is as strong as its weaker link; equal scores are ranked by the stronger link,
+max(z_qk, z_ov), then by A, B, C. The top-n triples in this order are exact:
 for each A only its n best B (by QK[:, A]) and n best C (by OV[A, :]) can enter the top n, so
 each block of sources is reduced to n × n candidates per A and merged.
 """
@@ -27,14 +28,14 @@ COLUMNS = ["layer", "head", "rank", "src_id", "src_token", "dst_id", "dst_token"
 def top_triples(QK, OV, n: int, sources=None, progress=None):
     """Top-n (A, B, C) by min(z_qk, z_ov). QK [V_dst, V_src], OV [V_src, V_out] as Factored.
 
-    Returns arrays A, B, C, qk, ov, score (best first; ties by A, B, C ascending)."""
+    Returns arrays A, B, C, qk, ov, score (best first), and the tie-breaking stronger-link z."""
     qk_mean, qk_std = QK.mean_and_std()
     ov_mean, ov_std = OV.mean_and_std()
     QKt = QK.T  # rows = source A
     V = QKt.shape[0]
     src = np.arange(V) if sources is None else np.asarray(sources)
     step = max(1, block_rows(max(QKt.shape[1], OV.shape[1]), 4) // 2)
-    best = [np.empty(0, np.int64)] * 3 + [np.empty(0, QK.A.dtype)] * 2 + [np.empty(0)]
+    best = [np.empty(0, np.int64)] * 3 + [np.empty(0, QK.A.dtype)] * 2 + [np.empty(0)] * 2
     for start in range(0, len(src), step):
         a = src[start:start + step]
         qv, qb = select_topk(QKt.rows(a), n)  # [b, n] best destinations B for each A
@@ -42,14 +43,14 @@ def top_triples(QK, OV, n: int, sources=None, progress=None):
         zq = (qv.astype(np.float64) - qk_mean) / (qk_std or 1.0)
         zo = (ov_v.astype(np.float64) - ov_mean) / (ov_std or 1.0)
         score = np.minimum(zq[:, :, None], zo[:, None, :])  # [b, n_B, n_C]
-        b, nb, nc = score.shape
+        second = np.maximum(zq[:, :, None], zo[:, None, :])  # tie-break: the stronger link
         A = np.broadcast_to(a[:, None, None], score.shape).ravel()
         B = np.broadcast_to(qb[:, :, None], score.shape).ravel()
         C = np.broadcast_to(oc[:, None, :], score.shape).ravel()
         Q = np.broadcast_to(qv[:, :, None], score.shape).ravel()
         O = np.broadcast_to(ov_v[:, None, :], score.shape).ravel()
-        cand = [np.concatenate([x, y]) for x, y in zip(best, (A, B, C, Q, O, score.ravel()))]
-        order = np.lexsort((cand[2], cand[1], cand[0], -cand[5]))[:n]
+        cand = [np.concatenate([x, y]) for x, y in zip(best, (A, B, C, Q, O, score.ravel(), second.ravel()))]
+        order = np.lexsort((cand[2], cand[1], cand[0], -cand[6], -cand[5]))[:n]
         best = [x[order] for x in cand]
         if progress:
             progress(len(a))
@@ -62,7 +63,7 @@ def skiptrigram(w, vocab, heads, k: int = 10, sources=None, progress=None) -> Ta
 
     def chunks():
         for l, h in heads:
-            A, B, C, q, o, s = top_triples(circuits.qk(w, l, h), circuits.ov(w, l, h), k, sources, progress)
+            A, B, C, q, o, s, _ = top_triples(circuits.qk(w, l, h), circuits.ov(w, l, h), k, sources, progress)
             yield {"layer": np.full(len(A), l), "head": np.full(len(A), h), "rank": np.arange(1, len(A) + 1),
                    "src_id": A, "src_token": strings[A], "dst_id": B, "dst_token": strings[B],
                    "out_id": C, "out_token": strings[C], "qk": q, "ov": o, "score": s}
