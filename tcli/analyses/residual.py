@@ -81,7 +81,8 @@ def decompose(w, vocab, tokens, position: int, target: int, minus: int | None = 
     cache = run(w, tokens)
     u = w["unembed.W_U"][:, target] - (w["unembed.W_U"][:, minus] if minus is not None else 0)
     bias = w["unembed.b_U"][target] - (w["unembed.b_U"][minus] if minus is not None else 0)
-    rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p)]
+    # a norm bias that is exactly zero (e.g. folded into b_U by processing) contributes nothing: no row
+    rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p) if c != "norm_bias" or v.any()]
     rows.append(("unembed_bias", None, None, float(bias), "b_U"))
     total = float(np.sum([r[3] for r in rows], dtype=np.float64))
     model = float(cache.logits[p, target] - (cache.logits[p, minus] if minus is not None else 0))
