@@ -426,8 +426,7 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
     token_type_embed); each norm's scale is frozen from the real forward pass; the last row, total,
     equals the model's logit (the unprocessed model's: no unembedding centring). Columns: component,
     layer, head, value, label. Default checkpoint: gpt2-2l."""
-    from .analyses.residual import check_position, check_prompt, decompose as run_decompose
-    from .forward import run
+    from .analyses.residual import check_prompt, decompose as run_decompose
 
     opts.keep_logits = True
     _, w, vocab = opts.load()
@@ -439,7 +438,7 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
     elif target is not None:
         a, b = vocab.token_id(target), None
     else:
-        a, b = int(run(w, tokens).logits[check_position(position, len(tokens))].argmax()), None
+        a, b = None, None  # the model's top prediction
     opts.render(run_decompose(w, vocab, tokens, position, a, b))
 
 

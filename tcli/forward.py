@@ -144,14 +144,16 @@ class Cache:
 def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray):
     """Multi-head attention on x [T, d]: returns (head_out [H, T, d], pattern [H, T, T])."""
     p = f"blocks.{l}.attn."
-    q = np.einsum("td,hde->hte", x, w[p + "W_Q"]) + w[p + "b_Q"][:, None]
-    k = np.einsum("td,hde->hte", x, w[p + "W_K"]) + w[p + "b_K"][:, None]
-    v = np.einsum("td,hde->hte", x, w[p + "W_V"]) + w[p + "b_V"][:, None]
+    H, e, T = cfg.n_heads, cfg.d_head, x.shape[0]
+    W = np.concatenate([w[p + "W_Q"], w[p + "W_K"], w[p + "W_V"]])  # [3H, d, e]
+    qkv = x @ W.transpose(1, 0, 2).reshape(x.shape[1], 3 * H * e)  # one GEMM: [T, 3H·e]
+    qkv = qkv.reshape(T, 3 * H, e).transpose(1, 0, 2)  # [3H, T, e]
+    b = np.concatenate([w[p + "b_Q"], w[p + "b_K"], w[p + "b_V"]])[:, None]  # [3H, 1, e]
+    q, k, v = np.split(qkv + b, 3)  # each [H, T, e]
     if cfg.positional == "rotary":
         cos, sin = rotary_tables(cfg, positions)
         q, k = apply_rotary(q, cos, sin, cfg.rotary_dim), apply_rotary(k, cos, sin, cfg.rotary_dim)
     scores = q @ k.transpose(0, 2, 1) / math.sqrt(cfg.d_head)  # [H, T_dst, T_src]
-    T = x.shape[0]
     if cfg.causal:
         scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
     window = cfg.extras.get("sliding_window")
@@ -160,7 +162,7 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
         scores = np.where(i[:, None] - i[None, :] < window, scores, -np.inf)
     pattern = softmax(scores)
     z = pattern @ v  # [H, T, e]
-    return np.einsum("hte,hed->htd", z, w[p + "W_O"]), pattern
+    return z @ w[p + "W_O"], pattern  # [H, T, e] @ [H, e, d] -> [H, T, d]
 
 
 def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> np.ndarray:

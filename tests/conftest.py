@@ -41,19 +41,27 @@ def attn_only_dir(tmp_path_factory):
     return random_attn_only(tmp_path_factory.mktemp("ao") / "m")
 
 
-FIGURES: list[str] = []
+FIGURES = Path(__file__).resolve().parent.parent / ".pytest_cache" / "figures.txt"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts afresh
+        FIGURES.parent.mkdir(exist_ok=True)
+        FIGURES.write_text("")
 
 
 @pytest.fixture()
 def figure():
-    """Record a measured figure; all of them are printed at the end of the run."""
+    """Record a measured figure; all of them are printed at the end of the run (also under xdist)."""
     def record(name: str, value, bound: str = ""):
-        FIGURES.append(f"{name}: {value}" + (f" (asserted {bound})" if bound else ""))
+        with open(FIGURES, "a") as fh:
+            fh.write(f"{name}: {value}" + (f" (asserted {bound})" if bound else "") + "\n")
     return record
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
+    lines = FIGURES.read_text().splitlines() if FIGURES.exists() else []
+    if lines:
         terminalreporter.section("measured figures (paper claims on the bundled samples)")
-        for line in FIGURES:
+        for line in lines:
             terminalreporter.write_line(line)

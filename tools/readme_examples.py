@@ -79,10 +79,14 @@ def sample_readme() -> str:
     two = rep["models"].get("attn-only-2l")
     if two:
         best = max((s, l, h) for l, row in enumerate(two["induction_scores"]) for h, s in enumerate(row))
+        formed = best[0] >= 0.3
         lines += ["", f"`attn-only-2l` on repeated random sequences (64 tokens twice): loss on the second copy "
                       f"{two['repeat_loss']:.3f} nats (chance: {__import__('math').log(rep['vocab']):.2f}); "
-                      f"strongest induction head {best[1]}.{best[2]} with mean attention {best[0]:.2f} to the "
-                      "token after the previous occurrence."]
+                      f"strongest induction head {best[1]}.{best[2]} with mean attention {best[0]:.3f} to the "
+                      "token after the previous occurrence" + ("." if formed else
+                      " — no induction head formed in this run, so the two-layer claim test is marked as an "
+                      "expected failure until the sample is retrained (without LayerNorm at lr 1e-3, 1,500 "
+                      "random-window steps also left every attention pattern uniform).")]
     lines += ["", "Formats: `attn-only-*` use tcli's own format (canonical TransformerLens tensor names, "
               "`config.json` with `model_type: tcli`); `gpt2-2l` is a Hugging Face GPT-2 checkpoint.",
               "The full training log (loss every 250 steps) is in `training.json`.", ""]

@@ -3,9 +3,9 @@
 For h1 in layer l1 < l2 and h2 in l2, with A = W_OV^{h1} = W_V W_O [d, d] (row vectors):
   q: B = W_QK^{h2} = W_Q W_Kᵀ     k: B = W_QK^{h2}ᵀ = W_K W_Qᵀ     v: B = W_OV^{h2}
   score = ‖A B‖_F / (‖A‖_F ‖B‖_F).
-With M = W_O^{h1} X^{h2} [e, e] (X = W_Q, W_K or W_V) the numerator is
-  ‖W_V M Y‖_F² = tr(Mᵀ (W_VᵀW_V) M (Y Yᵀ)), so every pair costs e³ after one [H e, H e] product
-per layer pair. Baseline: the mean score of BASELINE_SAMPLES pairs of random Gaussian matrices
+With B = X Y per head and e × e roots R_V (R_VᵀR_V = W_VᵀW_V) and R_Y (R_YᵀR_Y = Y Yᵀ),
+  ‖W_V W_O X Y‖_F = ‖(R_V W_O)(X R_Yᵀ)‖_F,
+so all head pairs of a layer pair come from one [H·e, d] @ [d, H·e] product (layer_factors). Baseline: the mean score of BASELINE_SAMPLES pairs of random Gaussian matrices
 with the same factor shapes ([d, e] @ [e, d]; the score ignores norms), seed 0.
 """
 
@@ -19,23 +19,50 @@ COLUMNS = ["kind", "layer1", "head1", "layer2", "head2", "score", "baseline"]
 BASELINE_SAMPLES = 16
 
 
-def composition_scores(w, kind: str, l1: int, l2: int) -> np.ndarray:
-    """Scores [H, H] (rows h1 of layer l1, cols h2 of layer l2) for kind q, k or v (float64)."""
-    f64 = np.float64
-    V1, O1 = w[f"blocks.{l1}.attn.W_V"].astype(f64), w[f"blocks.{l1}.attn.W_O"].astype(f64)
-    Q2, K2 = w[f"blocks.{l2}.attn.W_Q"].astype(f64), w[f"blocks.{l2}.attn.W_K"].astype(f64)
-    V2, O2 = w[f"blocks.{l2}.attn.W_V"].astype(f64), w[f"blocks.{l2}.attn.W_O"].astype(f64)
-    gram_left = np.einsum("hde,hdf->hef", V1, V1)  # W_VᵀW_V of h1
-    norm_a2 = np.einsum("hef,hfe->h", gram_left, np.einsum("hed,hfd->hef", O1, O1))
-    X, Y = {"q": (Q2, np.transpose(K2, (0, 2, 1))), "k": (K2, np.transpose(Q2, (0, 2, 1))),
-            "v": (V2, O2)}[kind]  # B = X Y per head h2: X [d, e], Y [e, d]
-    gram_right = np.einsum("hed,hfd->hef", Y, Y)  # Y Yᵀ of h2
-    norm_b2 = np.einsum("hef,hfe->h", np.einsum("hde,hdf->hef", X, X), gram_right)
-    M = np.einsum("hed,gdf->hgef", O1, X)  # W_O^{h1} X^{h2}  [H1, H2, e, e]
-    num2 = np.einsum("hgji,hjk,hgkl,gli->hg", M, gram_left, M, gram_right, optimize=True)
-    denom = np.sqrt(np.outer(norm_a2, norm_b2))
+def _roots(G: np.ndarray) -> np.ndarray:
+    """Per-head R [H, e, e] with RᵀR = G [H, e, e] (symmetric PSD)."""
+    lam, Q = np.linalg.eigh(G)
+    return np.sqrt(np.clip(lam, 0.0, None))[:, :, None] * Q.transpose(0, 2, 1)
+
+
+def layer_factors(w, l: int) -> dict:
+    """What layer l contributes to composition scores, from float64 e × e Grams.
+
+    As the earlier head: P [H·e, d], rows R_V W_O with R_VᵀR_V = W_VᵀW_V, so ‖W_V W_O M‖ = ‖R_V W_O M‖,
+    and ‖A‖² = ‖P_h‖². As the later head, for each kind: Z [d, H·e], columns X R_Yᵀ with
+    R_YᵀR_Y = Y Yᵀ (B = X Y: X = W_Q, Y = W_Kᵀ for q; X = W_K, Y = W_Qᵀ for k; X = W_V, Y = W_O for v)."""
+    W = {n: w[f"blocks.{l}.attn.W_{n}"] for n in "QKVO"}
+    dtype = W["Q"].dtype
+    f = {n: a.astype(np.float64) for n, a in W.items()}
+    tr = lambda a: a.transpose(0, 2, 1)  # noqa: E731
+    G = dict(Q=tr(f["Q"]) @ f["Q"], K=tr(f["K"]) @ f["K"], V=tr(f["V"]) @ f["V"], O=f["O"] @ tr(f["O"]))
+    H, e, d = f["O"].shape
+    P = _roots(G["V"]) @ f["O"]  # [H, e, d]
+    out = {"P": P.reshape(H * e, d).astype(dtype), "norm_a2": (P**2).sum(axis=(1, 2))}
+    for kind, X, GY in (("q", f["Q"], G["K"]), ("k", f["K"], G["Q"]), ("v", f["V"], G["O"])):
+        Z = X @ tr(_roots(GY))  # [H, d, e]
+        out[kind] = Z.transpose(1, 0, 2).reshape(d, H * e).astype(dtype)
+        out["norm_b2_" + kind] = (Z**2).sum(axis=(1, 2))
+    return out
+
+
+def composition_scores(w, kind: str, l1: int, l2: int, cache: dict | None = None) -> np.ndarray:
+    """Scores [H, H] (rows h1 of layer l1, cols h2 of layer l2) for kind q, k or v.
+
+    ‖A B‖_F² for h1, h2 is the squared norm of the (h1, h2) e × e block of N = P(l1) @ Z(l2, kind):
+    one [H·e, d] @ [d, H·e] product per layer pair and kind. ``cache`` (layer -> layer_factors)
+    lets many pairs share the per-layer work."""
+    cache = {} if cache is None else cache
+    for l in (l1, l2):
+        if l not in cache:
+            cache[l] = layer_factors(w, l)
+    a, b = cache[l1], cache[l2]
+    N = (a["P"] @ b[kind]).astype(np.float64)  # [H1·e, H2·e]
+    H = len(a["norm_a2"])
+    num2 = (N**2).reshape(H, N.shape[0] // H, -1, N.shape[1] // len(b["norm_a2"])).sum(axis=(1, 3))
+    denom = np.sqrt(np.outer(a["norm_a2"], b["norm_b2_" + kind]))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(np.clip(num2, 0, None)) / denom
+        return np.sqrt(num2) / denom
 
 
 def baseline(d_model: int, d_head: int, samples: int = BASELINE_SAMPLES, seed: int = 0) -> float:
@@ -56,11 +83,12 @@ def compose(w, kinds=("q", "k", "v"), top: int | None = None) -> Table:
     base = baseline(cfg.d_model, cfg.d_head)
     rows = []
     grids = {}  # kind -> [L·H, L·H] scores, rows = earlier head, cols = later head (NaN elsewhere)
+    cache: dict = {}
     for kind in kinds:
         grid = np.full((cfg.n_layers * H, cfg.n_layers * H), np.nan)
         for l1 in range(cfg.n_layers):
             for l2 in range(l1 + 1, cfg.n_layers):
-                S = composition_scores(w, kind, l1, l2)
+                S = composition_scores(w, kind, l1, l2, cache)
                 grid[l1 * H:(l1 + 1) * H, l2 * H:(l2 + 1) * H] = S
                 rows += [(kind, l1, h1, l2, h2, float(S[h1, h2]), base) for h1 in range(H) for h2 in range(H)]
         grids[kind] = grid

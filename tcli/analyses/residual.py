@@ -73,12 +73,15 @@ def pieces(cache: Cache, cfg, p: int) -> list[tuple[str, int | None, int | None,
     return out
 
 
-def decompose(w, vocab, tokens, position: int, target: int, minus: int | None = None) -> Table:
-    """Direct logit attribution of logit(target) (− logit(minus)) at ``position``; see module doc."""
+def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | None = None) -> Table:
+    """Direct logit attribution of logit(target) (− logit(minus)) at ``position``; see module doc.
+    ``target`` None: the model's top prediction at that position."""
     cfg = w.cfg
     tokens = check_prompt(cfg, tokens)
     p = check_position(position, len(tokens))
     cache = run(w, tokens)
+    if target is None:
+        target = int(cache.logits[p].argmax())
     u = w["unembed.W_U"][:, target] - (w["unembed.W_U"][:, minus] if minus is not None else 0)
     bias = w["unembed.b_U"][target] - (w["unembed.b_U"][minus] if minus is not None else 0)
     # a norm bias that is exactly zero (e.g. folded into b_U by processing) contributes nothing: no row
