@@ -66,6 +66,31 @@ def qk_positional(w, l: int, h: int) -> Factored:
     return Factored(W_pos @ w[f"blocks.{l}.attn.W_Q"][h], (W_pos @ w[f"blocks.{l}.attn.W_K"][h]).T)
 
 
+def embedding_cores(w) -> tuple[np.ndarray, np.ndarray]:
+    """R_E, R_U [d, d] from thin QRs W_E = Q_E R_E and W_Uᵀ = Q_U R_U, computed once per model.
+
+    Q_E and Q_U have orthonormal columns, so a full circuit Q_E (core) Q_Uᵀ has the singular values
+    of its small core: W_E W_V W_O W_U → R_E W_V W_O R_Uᵀ, W_E W_QK W_Eᵀ → R_E W_QK R_Eᵀ,
+    W_E W_U → R_E R_Uᵀ. Exact (no Gram matrices), and vocab-sized work happens once, not per head."""
+    cores = w.__dict__.get("_embedding_cores")
+    if cores is None:
+        cores = w.__dict__["_embedding_cores"] = (np.linalg.qr(w["embed.W_E"], mode="r"),
+                                                  np.linalg.qr(w["unembed.W_U"].T, mode="r"))
+    return cores
+
+
+def reduced(w, name: str, l: int | None = None, h: int | None = None) -> Factored:
+    """A d-sized factored matrix with the same singular values as circuit ``name`` (see embedding_cores)."""
+    if name in ("wov", "wqk"):
+        return circuit(w, name, l, h)
+    R_E, R_U = embedding_cores(w)
+    if name == "direct":
+        return Factored(R_E, R_U.T)
+    if name == "ov":
+        return Factored(R_E @ w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h] @ R_U.T)
+    return Factored(R_E @ w[f"blocks.{l}.attn.W_Q"][h], (R_E @ w[f"blocks.{l}.attn.W_K"][h]).T)
+
+
 def circuit(w, name: str, l: int | None = None, h: int | None = None) -> Factored:
     if name == "direct":
         return direct(w)

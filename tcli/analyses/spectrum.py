@@ -1,7 +1,8 @@
 """``spectrum``: singular values (or eigenvalues) of a circuit, exact from its factors.
 
 Singular values come from QR of the thin factors and the SVD of the small core, never from a
-vocab × vocab matrix. Eigenvalues of a square circuit A B are the nonzero ones of B A [r, r].
+vocab × vocab matrix; the vocabulary-sized QRs of W_E and W_Uᵀ are done once per model
+(circuits.embedding_cores), so each head costs d_model-sized work. Eigenvalues of a square circuit A B are the nonzero ones of B A [r, r].
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ def spectrum(w, circuit: str, heads, k: int | None = None, eigen: bool = False, 
     notes: list[str] = []
     chunks = []
     for l, h in targets:
-        F = circuits.circuit(w, circuit, l, h)
         where = circuit if l is None else f"{circuit} {l}.{h}"
         if eigen:
-            lam = F.eigvals()[:k]
+            lam = circuits.circuit(w, circuit, l, h).eigvals()[:k]
             chunks.append({"circuit": [circuit] * len(lam), "layer": [l] * len(lam), "head": [h] * len(lam),
                            "index": np.arange(1, len(lam) + 1), "real": lam.real.astype(np.float64),
                            "imag": lam.imag.astype(np.float64), "abs": np.abs(lam).astype(np.float64)})
             continue
-        s = F.svdvals()
+        s = circuits.reduced(w, circuit, l, h).svdvals()  # same σ as the full circuit, d-sized work
         var = s.astype(np.float64) ** 2
         cum = np.cumsum(var) / var.sum() if var.sum() > 0 else np.zeros_like(var)
         notes.append(f"{where}: effective rank {effective_rank(s):.2f}, top-{min(top, len(s))} variance share "
