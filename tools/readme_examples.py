@@ -3,7 +3,7 @@ table in sample_weights/README.md.
 
     python tools/readme_examples.py
 
-Runs each example command on the bundled samples (table format, 100 columns, no colour) and
+Runs each example command on the bundled samples (table format, 150 columns, no colour) and
 replaces the block between ``<!-- examples:start -->`` and ``<!-- examples:end -->``; writes one
 page per command into docs/commands/ (its section of docs/commands.md plus a real example); renders
 sample_weights/training.json (written by tools/train_samples.py) into sample_weights/README.md.
@@ -22,17 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLES = [
     ("The strongest bigrams of the zero-layer model's direct path", "tcli bigram --global 8"),
-    ("What an attended ' the' makes a one-layer head predict", "tcli ov 0.{copy_head} --token ' the' -k 6"),
+    ("What an attended 'ROMEO' makes a one-layer head predict", "tcli ov 0.{copy_head} --token 'ROMEO' -k 6"),
     ("Skip-trigrams of that head", "tcli skiptrigram 0.{copy_head} -k 8"),
     ("Its OV spectrum", "tcli spectrum 0.{copy_head} --circuit ov -k 6"),
-    ("The two-layer census: a previous-token head and an induction head", "tcli heads"),
-    ("K-composition between them", "tcli compose --kind k -k 5"),
+    ("The two-layer census (this sample has no induction head yet: see sample_weights/README.md)", "tcli heads"),
+    ("K-composition in the two-layer sample", "tcli compose --kind k -k 5"),
     ("Direct logit attribution on the GPT-2-style sample", "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' "),
 ]
 
 
 def run(cmd: str) -> str:
-    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    env = {**os.environ, "COLUMNS": "150", "NO_COLOR": "1", "TERM": "dumb"}
     argv = shlex.split(cmd)
     out = subprocess.run([sys.executable, "-m", "tcli", *argv[1:], "--format", "table"], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True)
@@ -68,8 +68,9 @@ def sample_readme() -> str:
         f"(vocabulary {rep['vocab']}, {rep['corpus_tokens']:,} corpus tokens; the last 10% held out for "
         "validation). Batches of "
         f"{rep['batch_tokens']} tokens ({rep['seq_len']}-token windows), lr {rep['lr']}, {rep['optimizer']}. "
-        "d_model 128; attention-only models have 8 heads of d_head 16, no LayerNorm and no unembedding bias, "
-        "so their circuits are exactly the paths they compute.", "",
+        "d_model 128; attention-only models have 8 heads of d_head 16 and no unembedding bias; `attn-only-0l` and "
+        "`attn-only-1l` have no LayerNorm, so their circuits are exactly the paths they compute; `attn-only-2l` "
+        "has pre-LayerNorm (folded into the weights by tcli's default processing).", "",
         "| model | data | steps | train loss | validation loss | training time (s, 2 cores) |",
         "|---|---|---|---|---|---|",
     ]
@@ -96,13 +97,13 @@ def sample_readme() -> str:
 COMMAND_EXAMPLES = {
     "info": "tcli info",
     "bigram": "tcli bigram --token ' the' -k 8",
-    "ov": "tcli ov 0.{copy_head} --token ' ROMEO' -k 8",
+    "ov": "tcli ov 0.{copy_head} --token 'ROMEO' -k 8",
     "qk": "tcli qk 0.{copy_head} --token ' love' -k 8",
     "skiptrigram": "tcli skiptrigram 0.{copy_head} -k 10",
     "spectrum": "tcli spectrum 0.{copy_head} --circuit ov -k 8",
     "heads": "tcli heads",
     "compose": "tcli compose -k 8",
-    "decompose": "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' --target ' window'",
+    "decompose": "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' --target ' wind'",
     "lens": "tcli lens --prompt 'First Citizen: Before we proceed' --position -1 -k 3",
     "attention": "tcli attention --prompt 'A B C D E F A B C D E F' --head 1.{induction_head} --position -1 -k 3",
 }
