@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-BLOCK_BYTES = 128 * 2**20
+BLOCK_BYTES = 256 * 2**20  # measured: 256 MB blocks beat 32/128/512 MB on GPT-2-small shapes
 
 
 def block_rows(n_cols: int, itemsize: int = 4, budget: int | None = None) -> int:
