@@ -174,14 +174,14 @@ def main():
         ("ov --all-heads --all -k 5 (layer 0: 12 heads)",
          ["ov", str(ckpt), *[f"0.{h}" for h in range(12)], "--all", "-k", "5", "-o", str(tmp / "ov.csv")],
          12 * bound_ov, "ov", ("ov", tmp / "ov.csv", 5)),
-        ("spectrum every circuit, every head", ["spectrum", str(ckpt), "--circuit", "ov", "--all-heads", "-o",
+        ("spectrum --circuit ov --all-heads (144 full OV circuits)", ["spectrum", str(ckpt), "--circuit", "ov", "--all-heads", "-o",
                                                  str(tmp / "s.csv")], None, None, None),
         ("heads (census + behaviour)", ["heads", str(ckpt), "-o", str(tmp / "h.csv")], None, None, None),
         ("compose (all q/k/v pairs)", ["compose", str(ckpt), "-o", str(tmp / "c.csv")], None, None, None),
         ("decompose, 256-token prompt", ["decompose", str(ckpt), "--ids", ",".join(str(i % V) for i in range(256)),
                                           "-o", str(tmp / "d.csv")], None, None, None),
         ("info, 8B-shaped sharded bf16", ["info", str(llama_8b_sparse(CACHE)), "--json"], None, None, None),
-        ("tcli --help", ["--help"], None, None, None),
+        ("--help", ["--help"], None, None, None),
     ]
     for name, argv, bound, peer, check in cmds:
         wall, rss, code = measure(TCLI + argv, env)
