@@ -6,7 +6,6 @@ import socket
 import tracemalloc
 
 import numpy as np
-import pytest
 import torch
 
 from builders import hf_model, random_attn_only, save_hf

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -278,6 +277,3 @@ class Weights:
             raise CheckpointError(f"tensor {src} holds {bad} NaN/Inf values", "the checkpoint is corrupt")
         return arr
 
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
