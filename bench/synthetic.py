@@ -2,6 +2,7 @@
 
     python bench/synthetic.py gpt2-small [--out bench/cache]   # V=50257, d=768, 12x12 heads, float32, HF GPT-2 layout
     python bench/synthetic.py llama-8b-sparse                   # 8B-shaped sharded bf16 headers, sparse data
+    python bench/synthetic.py llama-shaped                      # V=128256, d=2048, GQA, bf16, 2 shards, real data
 
 Weights are seeded Gaussians scaled like a trained model's (std 0.02, LayerNorm weights near 1).
 ``llama-8b-sparse`` writes real safetensors headers and then truncates each shard to its full
@@ -94,15 +95,65 @@ def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int =
     return folder
 
 
+def llama_shaped(out: Path, vocab: int = 128256, d: int = 2048, layers: int = 2, heads: int = 16, kv_heads: int = 4,
+                 d_mlp: int = 5632, shards: int = 2, seed: int = 0) -> Path:
+    """A Llama-shaped checkpoint with real data: V = 128256, d = 2048, GQA, bf16, sharded with an index
+    (two layers: the vocab × vocab analyses read only the embeddings)."""
+    folder = out / "llama-shaped"
+    if (folder / "model.safetensors.index.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    e = d // heads
+    shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d], "lm_head.weight": [vocab, d]}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": [d], p + "post_attention_layernorm.weight": [d],
+                       p + "self_attn.q_proj.weight": [heads * e, d], p + "self_attn.k_proj.weight": [kv_heads * e, d],
+                       p + "self_attn.v_proj.weight": [kv_heads * e, d], p + "self_attn.o_proj.weight": [d, heads * e],
+                       p + "mlp.gate_proj.weight": [d_mlp, d], p + "mlp.up_proj.weight": [d_mlp, d],
+                       p + "mlp.down_proj.weight": [d, d_mlp]})
+    groups = [["model.embed_tokens.weight"] + [n for n in shapes if ".layers." in n], ["model.norm.weight", "lm_head.weight"]]
+    weight_map = {}
+    for s, names in enumerate(groups):
+        fname = f"model-{s + 1:05d}-of-{len(groups):05d}.safetensors"
+        header, offset = {}, 0
+        for n in names:
+            nbytes = int(np.prod(shapes[n])) * 2
+            header[n] = {"dtype": "BF16", "shape": shapes[n], "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[n] = fname
+        blob = json.dumps(header).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(folder / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for n in names:
+                std = 1.0 if n.endswith("norm.weight") else 0.02
+                for start in range(0, shapes[n][0], 8192):  # bf16 = the top 16 bits of float32
+                    rows = [min(8192, shapes[n][0] - start)] + shapes[n][1:]
+                    x = (rng.standard_normal(rows, dtype=np.float32) * std + (1.0 if "norm" in n else 0.0))
+                    f.write((x.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": d,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "intermediate_size": d_mlp, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, "tie_word_embeddings": False,
+        "hidden_act": "silu"}, indent=1))
+    return folder
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=["gpt2-small", "llama-8b-sparse"])
+    ap.add_argument("which", choices=["gpt2-small", "llama-8b-sparse", "llama-shaped"])
     ap.add_argument("--out", default=str(CACHE))
     ap.add_argument("--vocab", type=int, default=None)
     args = ap.parse_args()
     out = Path(args.out)
     if args.which == "gpt2-small":
         print(gpt2_small(out, **({"vocab": args.vocab} if args.vocab else {})))
+    elif args.which == "llama-shaped":
+        print(llama_shaped(out))
     else:
         print(llama_8b_sparse(out))
 
