@@ -34,9 +34,13 @@ def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
     return tuple(steps)
 
 
-def center(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x minus its mean along ``axis``."""
-    return x - x.mean(axis=axis, keepdims=True)
+def center(x: np.ndarray, axis: int = -1, inplace: bool = False) -> np.ndarray:
+    """x minus its mean along ``axis`` (``inplace``: x is a fresh array this step may overwrite)."""
+    mean = x.mean(axis=axis, keepdims=True)
+    if inplace:
+        x -= mean
+        return x
+    return x - mean
 
 
 def fold_norm_weight(W: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
@@ -64,6 +68,8 @@ class ProcessedWeights:
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._cache:
             self._cache[name] = self._compute(name) if self.steps else self.raw[name]
+            if self.steps and name in ("embed.W_E", "unembed.W_U"):
+                self.raw.evict(name)  # vocab-sized: keep one copy (the raw one is re-read if needed again)
         return self._cache[name]
 
     def __contains__(self, name: str) -> bool:
@@ -79,10 +85,11 @@ class ProcessedWeights:
             return center(raw[name]) if center_write else raw[name]
         if name == "unembed.W_U":
             W = raw[name]
+            fresh = False
             if fold and cfg.final_norm:
-                W = fold_norm_weight(W, raw["ln_final.w"], 0)
-                W = center(W, 0) if center_read else W
-            return center(W, -1) if "center_unembed" in self.steps else W
+                W, fresh = fold_norm_weight(W, raw["ln_final.w"], 0), True
+                W = center(W, 0, inplace=True) if center_read else W
+            return center(W, -1, inplace=fresh) if "center_unembed" in self.steps else W
         if name == "unembed.b_U":
             b = raw[name]
             if fold and cfg.final_norm:

@@ -106,3 +106,13 @@ def test_reads_are_lazy(hf_dirs):
     assert set(w._cache) == {"embed.W_E"}
     f = SafetensorsFile(path / "model.safetensors")
     assert f._mmap is None  # the header alone was read
+
+
+def test_processing_keeps_one_copy_of_vocab_sized_tensors(hf_dirs):
+    _, path = hf_dirs["gpt2"]
+    raw = open_checkpoint(path).weights(np.float64)
+    w = process(raw)
+    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]  # b_U re-reads the raw W_U it needs
+    assert "unembed.W_U" not in raw._cache and "embed.W_E" not in raw._cache
+    np.testing.assert_allclose(W_U.mean(-1), 0, atol=1e-12)
+    assert b_U.shape == (V,)

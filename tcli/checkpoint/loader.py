@@ -216,6 +216,10 @@ class Weights:
             self._cache[name] = self._load(name)
         return self._cache[name]
 
+    def evict(self, name: str) -> None:
+        """Forget a cached tensor (it is read again on next use)."""
+        self._cache.pop(name, None)
+
     def __contains__(self, name: str) -> bool:
         rule, layer = self._rule(name)
         return rule is not None and (self._source(rule, layer) is not None or "missing" in rule)

@@ -63,12 +63,12 @@ def _blocks(A: np.ndarray, B: np.ndarray, rows: np.ndarray, largest: bool, group
     the smallest entries, columns padded to whole groups with -inf when ``grouped``."""
     n = B.shape[1]
     dtype = np.result_type(A, B)
-    if grouped or not largest:
-        width = -(-n // GROUP) * GROUP if grouped else n
+    width = -(-n // GROUP) * GROUP if grouped else n
+    if width != n or not largest:  # a padded or negated copy; otherwise B itself
         Bp = np.zeros((B.shape[0], width), dtype)
         Bp[:, :n] = B if largest else -B
     else:
-        width, Bp = n, B
+        Bp = B
     step = block or block_rows(width, dtype.itemsize)
     buf = np.empty((max(1, min(step, len(rows))), width), dtype)
     for start in range(0, len(rows), step):
