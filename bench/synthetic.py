@@ -52,13 +52,8 @@ def gpt2_small(out: Path, vocab: int = 50257, d: int = 768, layers: int = 12, he
     return folder
 
 
-def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int = 32, heads: int = 32,
-                    kv_heads: int = 8, d_mlp: int = 14336, shards: int = 4) -> Path:
-    """An 8B-parameter-shaped Llama checkpoint: sharded bf16, real headers, sparse (unwritten) data."""
-    folder = out / "llama-8b-sparse"
-    if (folder / "model.safetensors.index.json").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
+def llama_shapes(vocab, d, layers, heads, kv_heads, d_mlp) -> dict:
+    """Hugging Face Llama tensor names -> shapes ([out, in] for nn.Linear)."""
     e = d // heads
     shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d], "lm_head.weight": [vocab, d]}
     for l in range(layers):
@@ -68,6 +63,25 @@ def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int =
                        p + "self_attn.v_proj.weight": [kv_heads * e, d], p + "self_attn.o_proj.weight": [d, heads * e],
                        p + "mlp.gate_proj.weight": [d_mlp, d], p + "mlp.up_proj.weight": [d_mlp, d],
                        p + "mlp.down_proj.weight": [d, d_mlp]})
+    return shapes
+
+
+def llama_config(vocab, d, layers, heads, kv_heads, d_mlp) -> dict:
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": d,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "intermediate_size": d_mlp, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, "tie_word_embeddings": False,
+            "hidden_act": "silu"}
+
+
+def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int = 32, heads: int = 32,
+                    kv_heads: int = 8, d_mlp: int = 14336, shards: int = 4) -> Path:
+    """An 8B-parameter-shaped Llama checkpoint: sharded bf16, real headers, sparse (unwritten) data."""
+    folder = out / "llama-8b-sparse"
+    if (folder / "model.safetensors.index.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = llama_shapes(vocab, d, layers, heads, kv_heads, d_mlp)
     names = list(shapes)
     per = -(-len(names) // shards)
     weight_map = {}
@@ -86,12 +100,7 @@ def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int =
             f.write(struct.pack("<Q", len(blob)) + blob)
             f.truncate(8 + len(blob) + offset)  # sparse: the data is never written
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": d,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "intermediate_size": d_mlp, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, "tie_word_embeddings": False,
-        "hidden_act": "silu"}, indent=1))
+    (folder / "config.json").write_text(json.dumps(llama_config(vocab, d, layers, heads, kv_heads, d_mlp), indent=1))
     return folder
 
 
@@ -104,15 +113,7 @@ def llama_shaped(out: Path, vocab: int = 128256, d: int = 2048, layers: int = 2,
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    e = d // heads
-    shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d], "lm_head.weight": [vocab, d]}
-    for l in range(layers):
-        p = f"model.layers.{l}."
-        shapes.update({p + "input_layernorm.weight": [d], p + "post_attention_layernorm.weight": [d],
-                       p + "self_attn.q_proj.weight": [heads * e, d], p + "self_attn.k_proj.weight": [kv_heads * e, d],
-                       p + "self_attn.v_proj.weight": [kv_heads * e, d], p + "self_attn.o_proj.weight": [d, heads * e],
-                       p + "mlp.gate_proj.weight": [d_mlp, d], p + "mlp.up_proj.weight": [d_mlp, d],
-                       p + "mlp.down_proj.weight": [d, d_mlp]})
+    shapes = llama_shapes(vocab, d, layers, heads, kv_heads, d_mlp)
     groups = [["model.embed_tokens.weight"] + [n for n in shapes if ".layers." in n], ["model.norm.weight", "lm_head.weight"]]
     weight_map = {}
     for s, names in enumerate(groups):
@@ -134,12 +135,7 @@ def llama_shaped(out: Path, vocab: int = 128256, d: int = 2048, layers: int = 2,
                     x = (rng.standard_normal(rows, dtype=np.float32) * std + (1.0 if "norm" in n else 0.0))
                     f.write((x.view(np.uint32) >> 16).astype(np.uint16).tobytes())
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": d,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "intermediate_size": d_mlp, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, "tie_word_embeddings": False,
-        "hidden_act": "silu"}, indent=1))
+    (folder / "config.json").write_text(json.dumps(llama_config(vocab, d, layers, heads, kv_heads, d_mlp), indent=1))
     return folder
 
 
