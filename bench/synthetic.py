@@ -66,6 +66,18 @@ def llama_shapes(vocab, d, layers, heads, kv_heads, d_mlp) -> dict:
     return shapes
 
 
+def bf16_header(names, shapes) -> tuple[bytes, int]:
+    """A safetensors header (length + JSON, 8-byte aligned) for BF16 tensors in this order; and the data size."""
+    header, offset = {}, 0
+    for n in names:
+        nbytes = int(np.prod(shapes[n])) * 2
+        header[n] = {"dtype": "BF16", "shape": shapes[n], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob, offset
+
+
 def llama_config(vocab, d, layers, heads, kv_heads, d_mlp) -> dict:
     return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": d,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -88,17 +100,11 @@ def llama_8b_sparse(out: Path, vocab: int = 128256, d: int = 4096, layers: int =
     for s in range(shards):
         part = names[s * per:(s + 1) * per]
         fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        header, offset = {}, 0
-        for n in part:
-            nbytes = int(np.prod(shapes[n])) * 2
-            header[n] = {"dtype": "BF16", "shape": shapes[n], "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-            weight_map[n] = fname
-        blob = json.dumps(header).encode()
-        blob += b" " * (-len(blob) % 8)
+        weight_map.update(dict.fromkeys(part, fname))
+        head, size = bf16_header(part, shapes)
         with open(folder / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            f.truncate(8 + len(blob) + offset)  # sparse: the data is never written
+            f.write(head)
+            f.truncate(len(head) + size)  # sparse: the data is never written
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (folder / "config.json").write_text(json.dumps(llama_config(vocab, d, layers, heads, kv_heads, d_mlp), indent=1))
     return folder
@@ -118,16 +124,10 @@ def llama_shaped(out: Path, vocab: int = 128256, d: int = 2048, layers: int = 2,
     weight_map = {}
     for s, names in enumerate(groups):
         fname = f"model-{s + 1:05d}-of-{len(groups):05d}.safetensors"
-        header, offset = {}, 0
-        for n in names:
-            nbytes = int(np.prod(shapes[n])) * 2
-            header[n] = {"dtype": "BF16", "shape": shapes[n], "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-            weight_map[n] = fname
-        blob = json.dumps(header).encode()
-        blob += b" " * (-len(blob) % 8)
+        weight_map.update(dict.fromkeys(names, fname))
+        head, _ = bf16_header(names, shapes)
         with open(folder / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
+            f.write(head)
             for n in names:
                 std = 1.0 if n.endswith("norm.weight") else 0.02
                 for start in range(0, shapes[n][0], 8192):  # bf16 = the top 16 bits of float32
