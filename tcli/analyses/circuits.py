@@ -48,11 +48,15 @@ def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
     return apply_rotary(x[None], cos, sin, cfg.rotary_dim)[0]
 
 
+def check_offset(cfg, offset: int) -> None:
+    if offset and cfg.positional != "rotary":
+        raise InputError("--offset applies to rotary models only", f"this {cfg.family} model has {cfg.positional} positions")
+
+
 def qk(w, l: int, h: int, offset: int = 0) -> Factored:
     """Full QK circuit (W_E W_Q)(W_E W_K)^T, factored through d_head; keys ``offset`` positions back."""
     cfg = w.cfg
-    if offset and cfg.positional != "rotary":
-        raise InputError("--offset applies to rotary models only", f"this {cfg.family} model has {cfg.positional} positions")
+    check_offset(cfg, offset)
     q = _rotate(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_Q"][h], cfg, offset)
     k = w["embed.W_E"] @ w[f"blocks.{l}.attn.W_K"][h]
     return Factored(q, k.T)

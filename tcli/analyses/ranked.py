@@ -83,8 +83,7 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
     scale = 1.0 / np.sqrt(w.cfg.d_head) if scaled else 1.0
     if positional:
         circuits.qk_positional(w, *heads[0])  # validates: learned positions only
-    elif offset:
-        circuits.qk(w, *heads[0], offset=offset)  # validates: rotary only
+    circuits.check_offset(w.cfg, offset)
     circuits.preload(w, heads, ("W_Q", "W_K"))
 
     def chunks():
