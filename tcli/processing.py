@@ -68,8 +68,10 @@ class ProcessedWeights:
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._cache:
             self._cache[name] = self._compute(name) if self.steps else self.raw[name]
-            if self.steps and name in ("embed.W_E", "unembed.W_U"):
-                self.raw.evict(name)  # vocab-sized: keep one copy (the raw one is re-read if needed again)
+            if self.steps:  # vocab-sized: keep one copy (a raw one is re-read if needed again)
+                for big in ("embed.W_E", "unembed.W_U"):
+                    if big in self._cache:
+                        self.raw.evict(big)
         return self._cache[name]
 
     def __contains__(self, name: str) -> bool:
