@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
+
 from tcli.analyses import circuits
 from tcli.analyses.behaviour import head_scores
 from tcli.analyses.compose import composition_scores
@@ -79,9 +79,6 @@ def test_one_layer_heads_copy(figure):
     assert np.median(shares) >= MIN_SELF_SHARE
 
 
-@pytest.mark.xfail(strict=True, reason="the committed attn-only-2l sample has no induction head yet: trained for "
-                   "2,000 steps on periodic random windows and 750 mixed, its layer-1 heads do not attend to the "
-                   "token after the previous occurrence (see sample_weights/README.md); retrain, then remove this mark")
 def test_two_layer_induction_head_composes_with_a_previous_token_head(figure):
     """A layer-1 head with a high induction score K-composes with a layer-0 previous-token head."""
     w = weights("attn-only-2l")
@@ -94,7 +91,7 @@ def test_two_layer_induction_head_composes_with_a_previous_token_head(figure):
     base = baseline(w.cfg.d_model, w.cfg.d_head)
     figure("2l: previous-token head", f"0.{p} (prev_token_score {prev[0, p]:.2f})", f">= {MIN_PREV}")
     figure("2l: induction head", f"1.{i} (induction_score {induction[1, i]:.2f})", f">= {MIN_INDUCTION}")
-    figure("2l: K-composition 0.{} -> 1.{}".format(p, i),
+    figure(f"2l: K-composition 0.{p} -> 1.{i}",
            f"{k_scores[p, i]:.3f}, rank {int((k_scores[:, i] > k_scores[p, i]).sum()) + 1} of {w.cfg.n_heads} "
            f"layer-0 heads into 1.{i}; random baseline {base:.3f}", f">= {MIN_K_RATIO} x baseline, rank 1")
     assert prev[0, p] >= MIN_PREV

@@ -25,7 +25,7 @@ EXAMPLES = [
     ("What an attended 'ROMEO' makes a one-layer head predict", "tcli ov 0.{copy_head} --token 'ROMEO' -k 6"),
     ("Skip-trigrams of that head", "tcli skiptrigram 0.{copy_head} -k 8"),
     ("Its OV spectrum", "tcli spectrum 0.{copy_head} --circuit ov -k 6"),
-    ("The two-layer census (this sample has no induction head yet: see sample_weights/README.md)", "tcli heads"),
+    ("The two-layer census: layer 1's induction scores and layer 0's previous-token head", "tcli heads"),
     ("K-composition in the two-layer sample", "tcli compose --kind k -k 5"),
     ("Direct logit attribution on the GPT-2-style sample", "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' "),
 ]
@@ -81,13 +81,18 @@ def sample_readme() -> str:
     if two:
         best = max((s, l, h) for l, row in enumerate(two["induction_scores"]) for h, s in enumerate(row))
         formed = best[0] >= 0.3
+        onset = next((e["step"] for e in rep["log"] if e["model"] == "attn-only-2l"
+                      and max(map(max, e["induction_scores"])) >= 0.3), None)
         lines += ["", f"`attn-only-2l` on repeated random sequences (64 tokens twice): loss on the second copy "
                       f"{two['repeat_loss']:.3f} nats (chance: {__import__('math').log(rep['vocab']):.2f}); "
                       f"strongest induction head {best[1]}.{best[2]} with mean attention {best[0]:.3f} to the "
-                      "token after the previous occurrence" + ("." if formed else
-                      " — no induction head formed in this run, so the two-layer claim test is marked as an "
-                      "expected failure until the sample is retrained (without LayerNorm at lr 1e-3, 1,500 "
-                      "random-window steps also left every attention pattern uniform).")]
+                      "token after the previous occurrence" + (
+                          ". How it got there: from a plain random init, on 256-token windows, no induction "
+                          "head formed in 2,000 steps with or without LayerNorm (lr 1e-3 to 1e-2); starting "
+                          "W_pos as sinusoids and W_U as W_E^T (both then trained freely) and training on "
+                          f"64-token windows first, an induction score of 0.3 is passed by step {onset} "
+                          "(the phase change is visible in `training.json`)." if formed else
+                          " — no induction head formed in this run, so the two-layer claim test fails.")]
     lines += ["", "Formats: `attn-only-*` use tcli's own format (canonical TransformerLens tensor names, "
               "`config.json` with `model_type: tcli`); `gpt2-2l` is a Hugging Face GPT-2 checkpoint.",
               "The full training log (loss every 250 steps) is in `training.json`.", ""]

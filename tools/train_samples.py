@@ -53,7 +53,7 @@ def train_tokenizer(text: str, path: Path):
 class AttnOnly(nn.Module):
     """Attention-only transformer in tcli's canonical layout (row vectors), no LayerNorm."""
 
-    def __init__(self, n_layers: int, layernorm: bool = False):
+    def __init__(self, n_layers: int, layernorm: bool = False, induction_init: bool = False):
         super().__init__()
         L, H, d, e = n_layers, N_HEADS, D_MODEL, D_HEAD
         self.layernorm = layernorm and n_layers > 0
@@ -71,6 +71,19 @@ class AttnOnly(nn.Module):
         if self.layernorm:
             self.ln1_w, self.ln1_b = nn.Parameter(torch.ones(L, d)), nn.Parameter(torch.zeros(L, d))
             self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        if induction_init and L:
+            self._induction_init()
+
+    @torch.no_grad()
+    def _induction_init(self):
+        """Start W_pos as sinusoids (position t+1 is a fixed rotation of t, so a previous-token
+        head is one linear map away) and W_U as W_E^T / mean |e| (copying is one identity-like OV
+        away). Both stay free parameters; only the starting point differs."""
+        t = torch.arange(N_CTX, dtype=torch.float32)[:, None]
+        freq = torch.exp(-math.log(10000.0) * torch.arange(0, D_MODEL, 2) / D_MODEL)
+        self.W_pos[:, 0::2], self.W_pos[:, 1::2] = torch.sin(t * freq), torch.cos(t * freq)
+        self.W_pos.mul_(0.1 * math.sqrt(2))  # per-component std 0.1, as W_E
+        self.W_U.copy_(self.W_E.T / self.W_E.norm(dim=1).mean())
 
     def _ln(self, x, w, b):
         return F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5) if self.layernorm else x
@@ -116,24 +129,23 @@ class AttnOnly(nn.Module):
                 "positional": "learned" if self.n_layers else "none", "final_norm": self.layernorm}
 
 
-def corpus_batch(ids: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    starts = rng.integers(0, len(ids) - SEQ - 1, BATCH)
-    return torch.from_numpy(np.stack([ids[s:s + SEQ + 1] for s in starts]).astype(np.int64))
+def corpus_batch(ids: np.ndarray, rng: np.random.Generator, n: int = BATCH, seq: int = SEQ) -> torch.Tensor:
+    starts = rng.integers(0, len(ids) - seq - 1, n)
+    return torch.from_numpy(np.stack([ids[s:s + seq + 1] for s in starts]).astype(np.int64))
 
 
-def periodic_batch(rng: np.random.Generator, n: int = BATCH) -> torch.Tensor:
+def periodic_batch(rng: np.random.Generator, n: int = BATCH, seq: int = SEQ) -> torch.Tensor:
     """Windows of uniformly random tokens tiled with a period drawn per window from 8–48."""
     rows = []
     for _ in range(n):
         period = int(rng.integers(8, 49))
         base = rng.integers(0, VOCAB, period)
-        rows.append(np.resize(base, SEQ + 1))
+        rows.append(np.resize(base, seq + 1))
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-def induction_eval(model, rng) -> dict:
+def induction_eval(model, rng, half: int = 64) -> dict:
     """Loss on the second half of repeated random sequences, and each head's induction score."""
-    half = 64
     first = rng.integers(0, VOCAB, (8, half))
     tokens = torch.from_numpy(np.concatenate([first, first], 1).astype(np.int64))
     with torch.no_grad():
@@ -204,7 +216,7 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sample_weights"))
     ap.add_argument("--steps", type=int, default=1500, help="steps for the corpus models")
     ap.add_argument("--copy-steps", type=int, default=750, help="random-window steps of attn-only-1l")
-    ap.add_argument("--induction-steps", type=int, default=2000, help="random-window steps of attn-only-2l")
+    ap.add_argument("--induction-steps", type=int, default=3000, help="random-window steps of attn-only-2l")
     ap.add_argument("--mix-steps", type=int, default=750, help="then 50/50 mixed steps of attn-only-1l/2l")
     ap.add_argument("--only", nargs="*", help="train only these models")
     args = ap.parse_args()
@@ -234,30 +246,36 @@ def main():
         report["models"][name] = {"steps": args.steps, "seconds": round(secs, 1), "train_loss": last["train_loss"],
                                   "val_loss": last["val_loss"], "data": "corpus"}
 
-    def mixed(step):
+    def mixed(data_rng):
         half = BATCH // 2
-        return torch.cat([periodic_batch(rng, half), corpus_batch(train_ids, rng)[:half]])
+        return lambda step: torch.cat([periodic_batch(data_rng, half), corpus_batch(train_ids, data_rng)[:half]])
 
-    # (layers, random-window steps, mixed steps, LayerNorm, learning rate). Without LayerNorm and at
-    # lr 1e-3 the two-layer model's attention stayed uniform for 1,500 steps (no induction head).
-    for L, first, then, ln, lr in ((1, args.copy_steps, args.mix_steps, False, LR),
-                                   (2, args.induction_steps, args.mix_steps, True, 3e-3)):
+    # (layers, random-window steps, their window length, mixed steps, LayerNorm, lr, induction init).
+    # Two layers: without LayerNorm, or with it but from a plain random init on 256-token windows,
+    # no induction head formed in 2,000 steps (attention to the induction position fell to 0.004);
+    # 64-token windows (64 per step) from the sinusoidal/W_E^T start form one in ~1,400 steps.
+    for L, first, seq, then, ln, lr, init in ((1, args.copy_steps, SEQ, args.mix_steps, False, LR, False),
+                                              (2, args.induction_steps, 64, args.mix_steps, True, 3e-3, True)):
         name = f"attn-only-{L}l"
         if name not in wanted:
             continue
-        model = AttnOnly(L, layernorm=ln)
+        model = AttnOnly(L, layernorm=ln, induction_init=init)
+        # attn-only-1l was trained in a full run on the shared generator; 2l has its own (--only gives the same)
+        data_rng = rng if L == 1 else np.random.default_rng([SEED, L])
         erng = np.random.default_rng(2)
-        s1 = train(model, lambda s: periodic_batch(rng), first, report["log"], name,
-                   eval_fn=lambda: induction_eval(model, erng), lr=lr)
-        s2 = train(model, mixed, then, report["log"], name, val=val_loss_fn(model, val_ids),
+        s1 = train(model, lambda s: periodic_batch(data_rng, BATCH * SEQ // seq, seq), first, report["log"], name,
+                   eval_fn=lambda: induction_eval(model, erng, min(64, seq // 2)), lr=lr)
+        s2 = train(model, mixed(data_rng), then, report["log"], name, val=val_loss_fn(model, val_ids),
                    eval_fn=lambda: induction_eval(model, erng), lr=lr)
         save_tcli(model, out / name, tok_path)
         last = report["log"][-1]
+        windows = f"{first} steps of periodic random windows" + (f" ({seq} tokens)" if seq != SEQ else "")
         report["models"][name] = {"steps": first + then, "seconds": round(s1 + s2, 1),
                                   "train_loss": last["train_loss"], "val_loss": last["val_loss"],
                                   "repeat_loss": last["repeat_loss"], "induction_scores": last["induction_scores"],
-                                  "data": f"{first} steps of periodic random windows, then {then} steps mixed "
-                                          f"50/50 with corpus; {'LayerNorm, ' if ln else ''}lr {lr:g}"}
+                                  "data": f"{windows}, then {then} steps mixed 50/50 with corpus; "
+                                          f"{'LayerNorm, ' if ln else ''}{'sinusoidal W_pos and W_E^T W_U init, ' if init else ''}"
+                                          f"lr {lr:g}"}
 
     if "gpt2-2l" in wanted:
         import transformers
