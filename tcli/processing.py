@@ -83,15 +83,16 @@ class ProcessedWeights:
         center_read = fold and cfg.norm == "layernorm"
         center_write = "center_writing_weights" in self.steps
         fold_vb = "fold_value_biases" in self.steps
-        if name in ("embed.W_E", "embed.W_pos"):
-            return center(raw[name]) if center_write else raw[name]
+        if name in ("embed.W_E", "embed.W_pos"):  # vocab-sized: processed in place on an owned copy
+            return center(raw.take(name), inplace=True) if center_write else raw[name]
         if name == "unembed.W_U":
-            W = raw[name]
-            fresh = False
+            if not (fold and cfg.final_norm) and "center_unembed" not in self.steps:
+                return raw[name]
+            W = raw.take(name)
             if fold and cfg.final_norm:
-                W, fresh = fold_norm_weight(W, raw["ln_final.w"], 0), True
+                W *= raw["ln_final.w"][:, None]
                 W = center(W, 0, inplace=True) if center_read else W
-            return center(W, -1, inplace=fresh) if "center_unembed" in self.steps else W
+            return center(W, -1, inplace=True) if "center_unembed" in self.steps else W
         if name == "unembed.b_U":
             b = raw[name]
             if fold and cfg.final_norm:

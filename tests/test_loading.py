@@ -11,10 +11,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from builders import V
+from builders import V, hf_model, save_hf
 from helpers import invoke
 from tcli.checkpoint import open_checkpoint
-from tcli.checkpoint.safetensors import SafetensorsFile, bf16_to_float32
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcli.checkpoint.safetensors import SafetensorsFile, bf16_to_float32, widen
 from tcli.forward import run
 from tcli.processing import process
 
@@ -96,6 +99,51 @@ def test_bf16_bits_widen_exactly():
     values = torch.tensor([1.0, -2.5, 3.140625, 1e-30, -0.0, float("inf")], dtype=torch.bfloat16)
     bits = values.view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(bf16_to_float32(bits), values.float().numpy())
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), transposed=st.booleans(), chunk=st.integers(1, 600),
+       kind=st.sampled_from(["BF16", "F16", "F32"]))
+def test_widen_in_chunks_equals_a_plain_conversion(rows, cols, transposed, chunk, kind):
+    """widen (tiles for transposed views, row chunks otherwise) = converting the whole array at once."""
+    rng = np.random.default_rng(rows * 41 + cols)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    if kind == "BF16":
+        storage, dense = x.view(np.uint32) >> 16, None
+        storage = storage.astype(np.uint16)
+        dense = bf16_to_float32(storage)
+    else:
+        storage = x.astype(np.float16) if kind == "F16" else x
+        dense = storage.astype(np.float64)
+    if transposed:
+        storage, dense = storage.T, dense.T
+    out = widen(storage, kind, np.float64, chunk_bytes=chunk)
+    assert out.flags.c_contiguous and out.dtype == np.float64
+    np.testing.assert_array_equal(out, dense)
+
+
+def test_bf16_lm_head_read_as_transposed_w_u(tmp_path):
+    """A BF16 [V, d] lm_head read as W_U [d, V] (tiled transpose of the stored bits, then widened)."""
+    model = hf_model("llama", tie_word_embeddings=False).to(torch.bfloat16)
+    path = save_hf(model, tmp_path / "llama")
+    w = open_checkpoint(path).weights()
+    ref = model.lm_head.weight.detach().float().numpy().T
+    W_U = w["unembed.W_U"]
+    assert W_U.flags.c_contiguous and W_U.dtype == np.float32
+    np.testing.assert_array_equal(W_U, ref)
+
+
+def test_take_hands_over_a_copy_of_a_cached_tensor(hf_dirs):
+    """Processing in place must never change an array someone else obtained from the raw weights."""
+    _, path = hf_dirs["gpt2"]
+    raw = open_checkpoint(path).weights(np.float64)
+    held = raw["unembed.W_U"]
+    before = held.copy()
+    W_U = process(raw)["unembed.W_U"]
+    np.testing.assert_array_equal(held, before)
+    folded = before * raw["ln_final.w"][:, None]  # fold the final LayerNorm's scale, centre over d, then V
+    folded -= folded.mean(0)
+    np.testing.assert_allclose(W_U, folded - folded.mean(-1, keepdims=True), atol=1e-12)
 
 
 def test_reads_are_lazy(hf_dirs):

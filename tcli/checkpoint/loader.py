@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError
 from ..model import ACT_FNS, ModelConfig, canonical_shapes
-from .safetensors import SafetensorsFile
+from .safetensors import SafetensorsFile, widen
 from .spec import FamilySpec, detect, load_spec, read_config, rearrange
 
 ACT_ALIASES = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new",
@@ -199,6 +199,15 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
     return ModelConfig(**values, extras=extras)
 
 
+def nonfinite(arr: np.ndarray, chunk: int = 1 << 24) -> int:
+    """How many NaN/Inf values ``arr`` holds (floating point only), counted in chunks (no full-size mask)."""
+    if arr.dtype.kind != "f":
+        return 0
+    flat = arr.reshape(-1)
+    return sum(int(flat[i:i + chunk].size - np.count_nonzero(np.isfinite(flat[i:i + chunk])))
+               for i in range(0, flat.size, chunk))
+
+
 class Weights:
     """Canonical tensors of a checkpoint, read on first use and cached (``w["blocks.0.attn.W_Q"]``)."""
 
@@ -219,6 +228,13 @@ class Weights:
     def evict(self, name: str) -> None:
         """Forget a cached tensor (it is read again on next use)."""
         self._cache.pop(name, None)
+
+    def take(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as an array the caller owns and may overwrite; the cache forgets it."""
+        if name in self._cache:  # someone may hold the cached array: hand over a copy
+            return self._cache.pop(name).copy()
+        arr = self._load(name)
+        return arr if arr.flags.writeable else arr.copy()  # a read-only memory map: copy once
 
     def __contains__(self, name: str) -> bool:
         rule, layer = self._rule(name)
@@ -261,7 +277,8 @@ class Weights:
                 return (np.zeros if rule["missing"] == "zeros" else np.ones)(shape, self.dtype)
             wanted = rule.get("from") or rule.get("tied")
             raise CheckpointError(f"checkpoint has no tensor {wanted!r} (needed for {name})".replace("{l}", str(layer)))
-        arr = np.asarray(self.ckpt.index[src].read(src), dtype=self.dtype)
+        file = self.ckpt.index[src]
+        arr = file.read_storage(src)  # memory-mapped; rearranged in its stored (narrower) type, then widened
         if "rearrange" in rule:
             sizes = dict(h=self.cfg.n_heads, k=self.cfg.n_kv_heads, e=self.cfg.d_head, d=self.cfg.d_model,
                          m=self.cfg.d_mlp, v=self.cfg.d_vocab, n=self.cfg.n_ctx, three=3)
@@ -275,9 +292,10 @@ class Weights:
             arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)  # query head h uses KV head h // group
         if arr.shape != shape:
             raise CheckpointError(f"tensor {src} has shape {list(arr.shape)}, expected {list(shape)} for {name}")
-        arr = np.ascontiguousarray(arr)
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
+        arr = widen(arr, file.infos[src].dtype, self.dtype)
+        file.release(src, keep=arr)
+        bad = nonfinite(arr)
+        if bad:
             raise CheckpointError(f"tensor {src} holds {bad} NaN/Inf values", "the checkpoint is corrupt")
         return arr
 

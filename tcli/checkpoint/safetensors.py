@@ -9,6 +9,7 @@ overlaps; the data ends exactly at the end of the file. Each failure has its own
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -29,8 +30,33 @@ DTYPES = {
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen bfloat16 stored as uint16 bits: they become the high half of a float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    """Widen bfloat16 stored as uint16 bits: they become the high half of a float32 (one allocation)."""
+    out = bits.astype(np.uint32, order="C")
+    out <<= 16
+    return out.view(np.float32)
+
+
+def widen(storage: np.ndarray, dtype: str, to, chunk_bytes: int = 1 << 20) -> np.ndarray:
+    """Stored values (``storage`` as from ``read_storage``, possibly a strided view of it; safetensors
+    ``dtype``) as a C-contiguous array of numpy dtype ``to``: ``storage`` itself where nothing changes,
+    else converted chunk by chunk along the first axis into one new array (no full-size temporary)."""
+    to = np.dtype(to)
+    if dtype != "BF16" and storage.dtype == to and storage.flags.c_contiguous:
+        return storage
+    out = np.empty(storage.shape, to)
+    if storage.ndim == 0 or storage.size == 0:
+        out[...] = bf16_to_float32(storage) if dtype == "BF16" else storage
+        return out
+    convert = bf16_to_float32 if dtype == "BF16" else (lambda part: part)
+    if storage.ndim == 2 and storage.strides[0] < storage.strides[1]:  # a transposed view: copy in tiles
+        step = max(1, (1 << 20) // max(1, storage.shape[0] * storage.itemsize))  # ~1 MB source rows per tile
+        for j in range(0, storage.shape[1], step):
+            out[:, j:j + step] = convert(storage[:, j:j + step])
+        return out
+    step = max(1, chunk_bytes // max(1, out[0].nbytes))
+    for i in range(0, len(storage), step):
+        out[i:i + step] = convert(storage[i:i + step])
+    return out
 
 
 @dataclass(frozen=True)
@@ -55,14 +81,29 @@ class SafetensorsFile:
             self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         return self._mmap
 
-    def read(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as a numpy array; BF16 widened to float32, others as stored (memmapped)."""
+    def read_storage(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as stored, memory-mapped (BF16 as its uint16 bits; see ``widen``)."""
         info = self.infos[name]
         storage, _ = DTYPES[info.dtype]
-        raw = self._buffer()[info.start:info.start + info.nbytes].view(storage).reshape(info.shape)
-        if info.dtype == "BF16":
-            return bf16_to_float32(raw)
-        return raw
+        return self._buffer()[info.start:info.start + info.nbytes].view(storage).reshape(info.shape)
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a numpy array; BF16 widened to float32, others as stored (memmapped)."""
+        raw = self.read_storage(name)
+        return widen(raw, self.infos[name].dtype, np.float32) if self.infos[name].dtype == "BF16" else raw
+
+    def release(self, name: str, keep: np.ndarray | None = None) -> None:
+        """Drop the mapped pages of tensor ``name`` from this process's memory (they stay in the page
+        cache and fault back in if read again), unless ``keep`` is a view of them."""
+        mm = getattr(self._mmap, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or (keep is not None and np.may_share_memory(keep, self._mmap)):
+            return
+        info = self.infos[name]
+        start = info.start - info.start % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, info.start + info.nbytes - start)
+        except (OSError, ValueError, AttributeError):  # not supported here: keep the pages
+            pass
 
 
 def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
