@@ -521,4 +521,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 
 def main():
+    # OpenBLAS threads spin for a while after each GEMM, taking the core that the parallel top-k
+    # selection needs next (measured: selection of a [1334, 50304] block 72 → 37 ms with 2 cores once
+    # they sleep at once). Read when numpy loads, which happens later, inside the commands.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     app(prog_name="tcli")

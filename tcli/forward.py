@@ -49,8 +49,17 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def act(name: str, x: np.ndarray) -> np.ndarray:
-    if name == "gelu_new":  # tanh approximation (GPT-2)
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "gelu_new":  # tanh approximation (GPT-2): 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), in place
+        t = x * x
+        t *= 0.044715
+        t += 1.0
+        t *= x
+        t *= math.sqrt(2.0 / math.pi)
+        np.tanh(t, out=t)
+        t += 1.0
+        t *= x
+        t *= 0.5
+        return t
     if name == "gelu":  # exact
         return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype)
     if name == "relu":

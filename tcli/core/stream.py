@@ -8,6 +8,8 @@ selection sees both (ties at the k-th place may keep either).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -79,6 +81,29 @@ def _blocks(A: np.ndarray, B: np.ndarray, rows: np.ndarray, largest: bool, group
         yield ids, out
 
 
+def _workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _in_parallel(select, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``select(block, k)`` on row slices of ``block`` in one thread per core (numpy releases the GIL in
+    these loops: measured 89 → 43 ms on a [1334, 50304] block with 2 cores), results concatenated."""
+    global _POOL
+    n = _workers()
+    if n == 1 or len(block) < 2 * n:
+        return select(block, k)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="tcli-select")
+    parts = list(_POOL.map(lambda ix: select(block[ix[0]:ix[-1] + 1], k), np.array_split(np.arange(len(block)), n)))
+    return np.concatenate([v for v, _ in parts]), np.concatenate([c for _, c in parts])
+
+
 def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = None, largest: bool = True,
               block: int | None = None, progress: Callable[[int], None] | None = None
               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -89,8 +114,9 @@ def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = No
     rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
     grouped = k * GROUP * 4 <= B.shape[1]
     sign = 1 if largest else -1
+    select = select_topk_grouped if grouped else select_topk
     for ids, out in _blocks(A, B, rows, largest, grouped, block):
-        vals, cols = select_topk_grouped(out, k) if grouped else select_topk(out, k)
+        vals, cols = _in_parallel(select, out, k)
         yield ids, sign * vals, cols
         if progress:
             progress(len(ids))
