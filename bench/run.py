@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from synthetic import CACHE, gpt2_small, llama_8b_sparse  # noqa: E402
+from synthetic import CACHE, gpt2_small, llama_8b_sparse, llama_shaped  # noqa: E402
 
 TCLI = [sys.executable, "-m", "tcli"]
 
@@ -136,6 +136,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes only (under two minutes)")
     ap.add_argument("--keep-openblas-env", action="store_true", help="keep OPENBLAS_CORETYPE/L2_SIZE as set")
     ap.add_argument("--markdown", help="also write the results as markdown to this file")
+    ap.add_argument("--llama", action="store_true", help="also bigram --all -k 10 on the Llama-shaped bf16 "
+                    "checkpoint (V = 128256, d = 2048; about 7 more minutes)")
     args = ap.parse_args()
     env = environment(args.keep_openblas_env)
     results: list[dict] = []
@@ -205,6 +207,13 @@ def main():
             b = 2 * v * v * d / peak / 1e9
             results.append({"what": f"scaling: bigram --all -k 10, V={v}", "wall": wall, "rss": rss, "bound_fraction": b / wall})
 
+    if args.llama:  # bound at the d = 768 peak: a [4096, 2048] @ [2048, 128256] probe alone would take ~10 s
+        c, v, dl = llama_shaped(CACHE), 128256, 2048
+        wall, rss, code = measure(TCLI + ["bigram", str(c), "--all", "-k", "10", "-o", str(tmp / "l.csv")], env)
+        results.append({"what": f"Llama-shaped bf16: bigram --all -k 10, V={v}, d={dl}", "wall": wall, "rss": rss,
+                        "bound_fraction": 2 * v * v * dl / peak / 1e9 / wall,
+                        "note": "" if code == 0 else f"exit {code}"})
+
     print_table(results)
     if args.markdown:
         write_markdown(Path(args.markdown), results, args)
@@ -235,7 +244,8 @@ def write_markdown(path: Path, results, args):
         lines.append("| " + " | ".join([r["what"], fmt(r, "wall", ".2f"), fmt(r, "rss", ".2f"), fmt(r, "gflops", ".0f"),
                                          fmt(r, "bound_fraction", ".2f"), fmt(r, "speedup", ".1f"),
                                          fmt(r, "memory_ratio", ".1f"), r.get("note", "")]) + " |")
-    cmd = "python bench/run.py" + (" --quick" if args.quick else "") + (" --keep-openblas-env" if args.keep_openblas_env else "")
+    cmd = "python bench/run.py" + (" --quick" if args.quick else "") + (" --llama" if args.llama else "") + (
+        " --keep-openblas-env" if args.keep_openblas_env else "")
     head = (f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {os.cpu_count()} cores, "
             f"numpy {np.__version__}: `{cmd}`\n\n")
     path.write_text(head + "\n".join(lines) + "\n")
