@@ -131,6 +131,37 @@ def check_rows(csv_path: Path, ckpt: Path, circuit: str, k: int, n_rows: int = 1
     return f"ok ({len(sample)} rows, max rel err {worst:.1e})" if worst < 1e-4 else f"MISMATCH ({worst:.1e})"
 
 
+def check_global(csv_path: Path, ckpt: Path, n: int, n_rows: int = 16) -> str:
+    """Check ``bigram --global N`` against dense float64 rows: every listed value is the entry it names,
+    values descend, there are ``n`` of them, and no entry of the listed rows or of a random sample of rows beats the N-th value
+    without being listed."""
+    from tcli.analyses import circuits
+    from tcli.checkpoint import open_checkpoint
+    from tcli.processing import process
+
+    w = process(open_checkpoint(ckpt).weights(np.float64))
+    F = circuits.direct(w)
+    with open(csv_path) as fh:
+        got = [(int(r["src_id"]), int(r["dst_id"]), float(r["value"])) for r in csv.DictReader(fh)]
+    vals = np.array([v for _, _, v in got])
+    scale, last = np.abs(vals).max(), vals[-1]
+    listed = {(s, d) for s, d, _ in got}
+    rows = sorted({s for s, _, _ in got} | set(np.random.default_rng(0).choice(F.shape[0], n_rows, replace=False).tolist()))
+    worst = 0.0
+    if (np.diff(vals) > 1e-6 * scale).any() or len(got) != n:
+        return f"MISMATCH ({len(got)} entries, descending: {not (np.diff(vals) > 1e-6 * scale).any()})"
+    missed = 0
+    for src in rows:
+        dense = F.rows([src])[0]
+        for s, d, v in got:
+            if s == src:
+                worst = max(worst, abs(dense[d] - v) / scale)
+        above = np.nonzero(dense > last + 1e-5 * scale)[0]
+        missed += sum((src, int(c)) not in listed for c in above)
+    ok = worst < 1e-4 and missed == 0
+    return f"ok ({len(rows)} rows, max rel err {worst:.1e})" if ok else f"MISMATCH (err {worst:.1e}, {missed} missed)"
+
+
 def main():
     ap = argparse.ArgumentParser(description="tcli benchmarks")
     ap.add_argument("--quick", action="store_true", help="small sizes only (under two minutes)")
@@ -172,7 +203,8 @@ def main():
     cmds = [
         ("bigram --all -k 10", ["bigram", str(ckpt), "--all", "-k", "10", "-o", str(tmp / "bigram.csv")], bound_direct,
          "bigram", ("direct", tmp / "bigram.csv", 10)),
-        ("bigram --global 100", ["bigram", str(ckpt), "--global", "100", "-o", str(tmp / "g.csv")], bound_direct, None, None),
+        ("bigram --global 100", ["bigram", str(ckpt), "--global", "100", "-o", str(tmp / "g.csv")], bound_direct, None,
+         ("global", tmp / "g.csv", 100)),
         ("ov --all-heads --all -k 5 (layer 0: 12 heads)",
          ["ov", str(ckpt), *[f"0.{h}" for h in range(12)], "--all", "-k", "5", "-o", str(tmp / "ov.csv")],
          12 * bound_ov, "ov", ("ov", tmp / "ov.csv", 5)),
@@ -195,7 +227,8 @@ def main():
             row["speedup"] = naive[peer][0] * per / wall
             row["memory_ratio"] = naive[peer][1] / rss
         if check and code == 0:
-            row["note"] = check_rows(check[1], ckpt, check[0], check[2])
+            row["note"] = (check_global(check[1], ckpt, check[2]) if check[0] == "global"
+                           else check_rows(check[1], ckpt, check[0], check[2]))
         results.append(row)
     help_base, _, _ = measure([sys.executable, "-c", "import typer, rich"], env)
     results.append({"what": "python -c 'import typer, rich' (baseline for --help)", "wall": help_base})
