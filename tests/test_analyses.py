@@ -54,17 +54,24 @@ def test_bigram_global_equals_dense(attn_only_dir):
     assert [r["rank"] for r in rows] == list(range(1, 16))
 
 
-def test_ov_and_qk_equal_dense(attn_only_dir):
+@pytest.mark.parametrize("rows,bottom", [([0, 5], False), ([5, 0], True), (list(range(3, 23)), False),
+                                         (list(range(3, 23)), True)])
+def test_ov_and_qk_equal_dense(attn_only_dir, rows, bottom):
+    """A few rows go through the d_model factoring (head factors folded into the rows), many through
+    d_head (``circuits.few_rows``): both equal the dense circuit, top and bottom."""
     w, vocab = load(attn_only_dir)
+    assert (len(rows) < circuits.few_rows(w.cfg)) == (len(rows) == 2)  # both paths are exercised
     heads = [(0, 1), (1, 2)]
-    for table, dense, col in ((ov(w, vocab, heads, k=3, rows=[0, 5]), dense_ov, "out_id"),
-                              (qk(w, vocab, heads, k=3, rows=[0, 5]), dense_qk, "key_id")):
-        rows = rows_of(table)
-        assert len(rows) == 2 * 2 * 3
-        for r in rows:
+    sign = 1 if bottom else -1
+    for table, dense, col in ((ov(w, vocab, heads, k=3, rows=rows, bottom=bottom), dense_ov, "out_id"),
+                              (qk(w, vocab, heads, k=3, rows=rows, bottom=bottom), dense_qk, "key_id")):
+        got = rows_of(table)
+        assert len(got) == 2 * len(rows) * 3
+        assert [r["src_id"] if "src_id" in r else r["query_id"] for r in got[:3 * len(rows):3]] == rows
+        for r in got:
             M = dense(w, r["layer"], r["head"])
             row_id = r["src_id"] if "src_id" in r else r["query_id"]
-            assert r[col] == np.argsort(-M[row_id], kind="stable")[r["rank"] - 1]
+            assert r[col] == np.argsort(sign * M[row_id], kind="stable")[r["rank"] - 1]
             assert r["value"] == pytest.approx(M[row_id, r[col]], rel=1e-12)
 
 
@@ -95,6 +102,8 @@ def test_rotary_qk_offset_is_the_score_at_that_relative_distance(hf_dirs):
         dense = apply_rotary(q[None], cq, sq, cfg.rotary_dim)[0] @ apply_rotary(k[None], ck, sk, cfg.rotary_dim)[0].T
         np.testing.assert_allclose(F.dense(), dense, atol=1e-10)
     assert not np.allclose(circuits.qk(w, l, h, 0).dense(), F.dense())
+    rows = [3, 0, 7]  # the few-rows factoring rotates the same queries
+    np.testing.assert_allclose(circuits.qk_rows(w, l, h, rows, offset=N).dense(), F.dense()[rows], atol=1e-10)
 
 
 def test_skiptrigrams_equal_brute_force(attn_only_dir):

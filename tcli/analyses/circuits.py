@@ -40,6 +40,26 @@ def ov(w, l: int, h: int) -> Factored:
     return Factored(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h] @ w["unembed.W_U"])
 
 
+def few_rows(cfg) -> int:
+    """Below this many rows a full OV/QK circuit is cheaper factored through d_model with the rows'
+    head factors folded in (n·d·V multiply-adds) than through d_head (2·V·d·e + n·e·V): n < 2de/(d−e)."""
+    d, e = cfg.d_model, cfg.d_head
+    return 2 * d * e // max(1, d - e) if d > e else 0
+
+
+def ov_rows(w, l: int, h: int, rows) -> Factored:
+    """Rows ``rows`` of the full OV circuit: (W_E[rows] W_V W_O) [n, d] @ W_U [d, V]."""
+    return Factored(w["embed.W_E"][rows] @ w[f"blocks.{l}.attn.W_V"][h] @ w[f"blocks.{l}.attn.W_O"][h],
+                    w["unembed.W_U"])
+
+
+def qk_rows(w, l: int, h: int, rows, offset: int = 0) -> Factored:
+    """Rows ``rows`` (queries) of the full QK circuit: (rot(W_E[rows] W_Q) W_K^T) [n, d] @ W_E^T [d, V]."""
+    check_offset(w.cfg, offset)
+    q = _rotate(w["embed.W_E"][rows] @ w[f"blocks.{l}.attn.W_Q"][h], w.cfg, offset)
+    return Factored(q @ w[f"blocks.{l}.attn.W_K"][h].T, w["embed.W_E"].T)
+
+
 def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
     """Rows of x [n, e] rotated as a query or key at ``position``."""
     if cfg.positional != "rotary" or position == 0:

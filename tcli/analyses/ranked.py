@@ -22,11 +22,20 @@ QK_COLUMNS = ["layer", "head", "query_id", "query_token", "rank", "key_id", "key
 
 def ranked_chunks(F: Factored, names: tuple[str, str, str, str], strings, k: int = 10, rows=None,
                   global_n: int | None = None, bottom: bool = False, fixed: dict | None = None,
-                  progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+                  progress: Callable[[int], None] | None = None, row_ids=None) -> Iterator[dict]:
     """Chunks of (row id, row token, rank, col id, col token, value) for the selected entries of F.
 
     ``names`` are the four id/token column names; ``strings`` an object array of token strings
-    (None: positions, no tokens); ``fixed`` extra constant columns (layer, head)."""
+    (None: positions, no tokens); ``fixed`` extra constant columns (layer, head); ``row_ids``: F holds
+    only these rows (F's row i is row_ids[i]; every row is selected)."""
+    if row_ids is not None:
+        row_ids = np.asarray(row_ids)
+        inner = ranked_chunks(F, names, strings, k, np.arange(len(row_ids)), None, bottom, fixed, progress)
+        for out in inner:
+            out[names[0]] = row_ids[out[names[0]]]
+            out[names[1]] = strings[out[names[0]]] if strings is not None else out[names[1]]
+            yield out
+        return
     row_id, row_tok, col_id, col_tok = names
     fixed = fixed or {}
 
@@ -64,10 +73,18 @@ def ov(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, progress=N
     strings = _strings(vocab)
     circuits.preload(w, heads, ("W_V", "W_O"))
 
+    few = rows is not None and global_n is None and len(rows) < circuits.few_rows(w.cfg)
+
     def chunks():
+        names = ("src_id", "src_token", "out_id", "out_token")
         for l, h in heads:
-            yield from ranked_chunks(circuits.ov(w, l, h), ("src_id", "src_token", "out_id", "out_token"), strings,
-                                     k, rows, global_n, bottom, {"layer": l, "head": h}, progress)
+            fixed = {"layer": l, "head": h}
+            if few:
+                yield from ranked_chunks(circuits.ov_rows(w, l, h, rows), names, strings, k, bottom=bottom,
+                                         fixed=fixed, progress=progress, row_ids=rows)
+            else:
+                yield from ranked_chunks(circuits.ov(w, l, h), names, strings, k, rows, global_n, bottom, fixed,
+                                         progress)
 
     return Table(OV_COLUMNS, chunks(), title="Full OV circuit W_E W_OV W_U (logits)",
                  token_columns=("src_token", "out_token"))
@@ -86,14 +103,22 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
     circuits.check_offset(w.cfg, offset)
     circuits.preload(w, heads, ("W_Q", "W_K"))
 
+    few = not positional and rows is not None and global_n is None and len(rows) < circuits.few_rows(w.cfg)
+
     def chunks():
         for l, h in heads:
-            F = circuits.qk_positional(w, l, h) if positional else circuits.qk(w, l, h, offset)
+            if positional:
+                F = circuits.qk_positional(w, l, h)
+            else:
+                F = circuits.qk_rows(w, l, h, rows, offset) if few else circuits.qk(w, l, h, offset)
             F = Factored(F.A * np.asarray(scale, F.A.dtype), F.B)
             fixed = {"layer": l, "head": h}
             names = ("query_id", "query_token", "key_id", "key_token")
             if positional:
                 yield _positional_chunk(F, w.cfg.causal, k, rows, global_n, bottom, fixed)
+            elif few:
+                yield from ranked_chunks(F, names, strings, k, bottom=bottom, fixed=fixed, progress=progress,
+                                         row_ids=rows)
             else:
                 yield from ranked_chunks(F, names, strings, k, rows, global_n, bottom, fixed, progress)
 

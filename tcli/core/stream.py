@@ -62,21 +62,20 @@ def select_topk_grouped(block: np.ndarray, k: int, g: int = GROUP) -> tuple[np.n
 
 def _blocks(A: np.ndarray, B: np.ndarray, rows: np.ndarray, largest: bool, grouped: bool, block: int | None):
     """Yield (row ids, block) with block = ±(A[ids] @ B) [b, width] in one reused buffer, negated for
-    the smallest entries, columns padded to whole groups with -inf when ``grouped``."""
+    the smallest entries (through the rows of A), columns padded to whole groups with -inf when
+    ``grouped`` (the GEMM writes into the first n columns: no padded copy of B)."""
     n = B.shape[1]
     dtype = np.result_type(A, B)
     width = -(-n // GROUP) * GROUP if grouped else n
-    if width != n or not largest:  # a padded or negated copy; otherwise B itself
-        Bp = np.zeros((B.shape[0], width), dtype)
-        Bp[:, :n] = B if largest else -B
-    else:
-        Bp = B
     step = block or block_rows(width, dtype.itemsize)
     buf = np.empty((max(1, min(step, len(rows))), width), dtype)
     for start in range(0, len(rows), step):
         ids = rows[start:start + step]
+        a = A[ids]
+        if not largest:
+            np.negative(a, out=a)
         out = buf[:len(ids)]
-        np.matmul(A[ids], Bp, out=out)
+        np.matmul(a, B, out=out[:, :n])
         out[:, n:] = -np.inf  # padding never wins
         yield ids, out
 
