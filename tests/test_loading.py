@@ -109,8 +109,7 @@ def test_widen_in_chunks_equals_a_plain_conversion(rows, cols, transposed, chunk
     rng = np.random.default_rng(rows * 41 + cols)
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     if kind == "BF16":
-        storage, dense = x.view(np.uint32) >> 16, None
-        storage = storage.astype(np.uint16)
+        storage = (x.view(np.uint32) >> 16).astype(np.uint16)  # the high half: a bfloat16
         dense = bf16_to_float32(storage)
     else:
         storage = x.astype(np.float16) if kind == "F16" else x

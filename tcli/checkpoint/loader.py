@@ -204,8 +204,8 @@ def nonfinite(arr: np.ndarray, chunk: int = 1 << 24) -> int:
     if arr.dtype.kind != "f":
         return 0
     flat = arr.reshape(-1)
-    return sum(int(flat[i:i + chunk].size - np.count_nonzero(np.isfinite(flat[i:i + chunk])))
-               for i in range(0, flat.size, chunk))
+    parts = (flat[i:i + chunk] for i in range(0, flat.size, chunk))
+    return sum(part.size - int(np.count_nonzero(np.isfinite(part))) for part in parts)
 
 
 class Weights:

@@ -49,7 +49,7 @@ def widen(storage: np.ndarray, dtype: str, to, chunk_bytes: int = 1 << 20) -> np
         return out
     convert = bf16_to_float32 if dtype == "BF16" else (lambda part: part)
     if storage.ndim == 2 and storage.strides[0] < storage.strides[1]:  # a transposed view: copy in tiles
-        step = max(1, (1 << 20) // max(1, storage.shape[0] * storage.itemsize))  # ~1 MB source rows per tile
+        step = max(1, chunk_bytes // max(1, storage.shape[0] * storage.itemsize))  # contiguous source rows
         for j in range(0, storage.shape[1], step):
             out[:, j:j + step] = convert(storage[:, j:j + step])
         return out
@@ -69,7 +69,7 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """One ``.safetensors`` file: ``infos`` (name → TensorInfo), ``metadata``, lazy ``read``."""
+    """One ``.safetensors`` file: ``infos`` (name → TensorInfo), ``metadata``, lazy memory-mapped ``read_storage``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -86,11 +86,6 @@ class SafetensorsFile:
         info = self.infos[name]
         storage, _ = DTYPES[info.dtype]
         return self._buffer()[info.start:info.start + info.nbytes].view(storage).reshape(info.shape)
-
-    def read(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as a numpy array; BF16 widened to float32, others as stored (memmapped)."""
-        raw = self.read_storage(name)
-        return widen(raw, self.infos[name].dtype, np.float32) if self.infos[name].dtype == "BF16" else raw
 
     def release(self, name: str, keep: np.ndarray | None = None) -> None:
         """Drop the mapped pages of tensor ``name`` from this process's memory (they stay in the page
