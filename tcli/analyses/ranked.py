@@ -27,15 +27,9 @@ def ranked_chunks(F: Factored, names: tuple[str, str, str, str], strings, k: int
 
     ``names`` are the four id/token column names; ``strings`` an object array of token strings
     (None: positions, no tokens); ``fixed`` extra constant columns (layer, head); ``row_ids``: F holds
-    only these rows (F's row i is row_ids[i]; every row is selected)."""
+    only these rows, in this order (F's row i is row row_ids[i]; all of them are selected, per row)."""
     if row_ids is not None:
-        row_ids = np.asarray(row_ids)
-        inner = ranked_chunks(F, names, strings, k, np.arange(len(row_ids)), None, bottom, fixed, progress)
-        for out in inner:
-            out[names[0]] = row_ids[out[names[0]]]
-            out[names[1]] = strings[out[names[0]]] if strings is not None else out[names[1]]
-            yield out
-        return
+        row_ids, rows = np.asarray(row_ids), np.arange(len(row_ids))
     row_id, row_tok, col_id, col_tok = names
     fixed = fixed or {}
 
@@ -52,7 +46,13 @@ def ranked_chunks(F: Factored, names: tuple[str, str, str, str], strings, k: int
         return
     for ids, vals, cols in topk_rows(F.A, F.B, k, rows, largest=not bottom, progress=progress):
         kk = vals.shape[1]
-        yield chunk(np.repeat(ids, kk), cols.ravel(), vals.ravel(), np.tile(np.arange(1, kk + 1), len(ids)))
+        r = ids if row_ids is None else row_ids[ids]
+        yield chunk(np.repeat(r, kk), cols.ravel(), vals.ravel(), np.tile(np.arange(1, kk + 1), len(ids)))
+
+
+def _few(w, rows, global_n) -> bool:
+    """A per-row query with few enough rows for the d_model factoring (``circuits.few_rows``)."""
+    return rows is not None and global_n is None and len(rows) < circuits.few_rows(w.cfg)
 
 
 def _strings(vocab) -> np.ndarray:
@@ -73,18 +73,13 @@ def ov(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, progress=N
     strings = _strings(vocab)
     circuits.preload(w, heads, ("W_V", "W_O"))
 
-    few = rows is not None and global_n is None and len(rows) < circuits.few_rows(w.cfg)
+    few = _few(w, rows, global_n)
 
     def chunks():
-        names = ("src_id", "src_token", "out_id", "out_token")
         for l, h in heads:
-            fixed = {"layer": l, "head": h}
-            if few:
-                yield from ranked_chunks(circuits.ov_rows(w, l, h, rows), names, strings, k, bottom=bottom,
-                                         fixed=fixed, progress=progress, row_ids=rows)
-            else:
-                yield from ranked_chunks(circuits.ov(w, l, h), names, strings, k, rows, global_n, bottom, fixed,
-                                         progress)
+            F = circuits.ov_rows(w, l, h, rows) if few else circuits.ov(w, l, h)
+            yield from ranked_chunks(F, ("src_id", "src_token", "out_id", "out_token"), strings, k, rows, global_n,
+                                     bottom, {"layer": l, "head": h}, progress, row_ids=rows if few else None)
 
     return Table(OV_COLUMNS, chunks(), title="Full OV circuit W_E W_OV W_U (logits)",
                  token_columns=("src_token", "out_token"))
@@ -103,7 +98,7 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
     circuits.check_offset(w.cfg, offset)
     circuits.preload(w, heads, ("W_Q", "W_K"))
 
-    few = not positional and rows is not None and global_n is None and len(rows) < circuits.few_rows(w.cfg)
+    few = not positional and _few(w, rows, global_n)
 
     def chunks():
         for l, h in heads:
@@ -116,11 +111,9 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
             names = ("query_id", "query_token", "key_id", "key_token")
             if positional:
                 yield _positional_chunk(F, w.cfg.causal, k, rows, global_n, bottom, fixed)
-            elif few:
-                yield from ranked_chunks(F, names, strings, k, bottom=bottom, fixed=fixed, progress=progress,
-                                         row_ids=rows)
             else:
-                yield from ranked_chunks(F, names, strings, k, rows, global_n, bottom, fixed, progress)
+                yield from ranked_chunks(F, names, strings, k, rows, global_n, bottom, fixed, progress,
+                                         row_ids=rows if few else None)
 
     what = "positional QK circuit W_pos W_QK W_pos^T" if positional else "Full QK circuit W_E W_QK W_E^T"
     units = "scaled scores" if scaled else "raw scores"
