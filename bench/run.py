@@ -105,14 +105,19 @@ def python_json(code: str, args: list[str], env: dict) -> tuple[dict, float, flo
     return json.loads(text.strip().splitlines()[-1]), wall, rss
 
 
-def check_rows(csv_path: Path, ckpt: Path, circuit: str, k: int, n_rows: int = 16) -> str:
-    """Compare a sample of rows of tcli's csv with a dense float64 computation from the library."""
+def float64_circuit(ckpt: Path, circuit: str):
+    """The direct path or head 0.0's full OV circuit of ``ckpt``, processed, in float64 (factored)."""
     from tcli.analyses import circuits
     from tcli.checkpoint import open_checkpoint
     from tcli.processing import process
 
     w = process(open_checkpoint(ckpt).weights(np.float64))
-    F = circuits.direct(w) if circuit == "direct" else circuits.ov(w, 0, 0)
+    return circuits.direct(w) if circuit == "direct" else circuits.ov(w, 0, 0)
+
+
+def check_rows(csv_path: Path, ckpt: Path, circuit: str, k: int, n_rows: int = 16) -> str:
+    """Compare a sample of rows of tcli's csv with a dense float64 computation from the library."""
+    F = float64_circuit(ckpt, circuit)
     rows: dict[int, list] = {}
     with open(csv_path) as fh:
         for r in csv.DictReader(fh):
@@ -135,12 +140,7 @@ def check_global(csv_path: Path, ckpt: Path, n: int, n_rows: int = 16) -> str:
     """Check ``bigram --global N`` against dense float64 rows: every listed value is the entry it names,
     values descend, there are ``n`` of them, and no entry of the listed rows or of a random sample of rows beats the N-th value
     without being listed."""
-    from tcli.analyses import circuits
-    from tcli.checkpoint import open_checkpoint
-    from tcli.processing import process
-
-    w = process(open_checkpoint(ckpt).weights(np.float64))
-    F = circuits.direct(w)
+    F = float64_circuit(ckpt, "direct")
     with open(csv_path) as fh:
         got = [(int(r["src_id"]), int(r["dst_id"]), float(r["value"])) for r in csv.DictReader(fh)]
     vals = np.array([v for _, _, v in got])
