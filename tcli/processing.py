@@ -43,10 +43,13 @@ def center(x: np.ndarray, axis: int = -1, inplace: bool = False) -> np.ndarray:
     return x - mean
 
 
-def fold_norm_weight(W: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
-    """W scaled by the norm weight w [d_model] along its d_model ``axis``."""
+def fold_norm_weight(W: np.ndarray, w: np.ndarray, axis: int, inplace: bool = False) -> np.ndarray:
+    """W scaled by the norm weight w [d_model] along its d_model ``axis`` (``inplace`` as in ``center``)."""
     shape = [1] * W.ndim
     shape[axis] = -1
+    if inplace:
+        W *= w.reshape(shape)
+        return W
     return W * w.reshape(shape)
 
 
@@ -90,7 +93,7 @@ class ProcessedWeights:
                 return raw[name]
             W = raw.take(name)
             if fold and cfg.final_norm:
-                W *= raw["ln_final.w"][:, None]
+                W = fold_norm_weight(W, raw["ln_final.w"], 0, inplace=True)
                 W = center(W, 0, inplace=True) if center_read else W
             return center(W, -1, inplace=True) if "center_unembed" in self.steps else W
         if name == "unembed.b_U":
