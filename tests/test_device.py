@@ -1,0 +1,108 @@
+"""The torch engine (``--device``) against the numpy engine, run on torch's CPU device (no GPU in CI;
+``TCLI_TEST_DEVICE=cuda`` runs the same tests on a GPU: bench/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+pytest.importorskip("torch")
+
+from tcli.core import device  # noqa: E402
+from tcli.core.stream import global_topk, topk_rows  # noqa: E402
+
+
+DEVICE = os.environ.get("TCLI_TEST_DEVICE", "torch:cpu")
+
+
+@pytest.fixture()
+def torch_cpu():
+    device.use(DEVICE)
+    yield
+    device.use("cpu")
+
+
+def _factors(seed, m, r, n, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, r)).astype(dtype), rng.standard_normal((r, n)).astype(dtype)
+
+
+def _per_row(engine, A, B, k, rows, largest, block):
+    got = list(engine(A, B, k, rows, largest=largest, block=block))
+    ids = np.concatenate([i for i, _, _ in got])
+    return ids, np.concatenate([v for _, v, _ in got]), np.concatenate([c for _, _, c in got])
+
+
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 40), r=st.integers(1, 9), n=st.integers(1, 300),
+       k=st.integers(1, 12), largest=st.booleans(), block=st.integers(1, 17))
+def test_topk_rows_equals_numpy_and_dense(seed, m, r, n, k, largest, block):
+    A, B = _factors(seed, m, r, n)
+    device.use(DEVICE)
+    try:
+        ids, vals, cols = _per_row(device.topk_rows, A, B, k, None, largest, block)
+    finally:
+        device.use("cpu")
+    ref_ids, ref_vals, _ = _per_row(topk_rows, A, B, k, None, largest, block)
+    dense = A.astype(np.float64) @ B.astype(np.float64)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
+    # the ids point at the values they claim (in an exact float64 recomputation)
+    np.testing.assert_allclose(np.take_along_axis(dense[ids], cols, axis=1), vals, rtol=1e-5, atol=1e-5)
+    expect = -np.sort(-dense, axis=1)[:, :min(k, n)] if largest else np.sort(dense, axis=1)[:, :min(k, n)]
+    np.testing.assert_allclose(vals, expect, rtol=1e-5, atol=1e-5)
+
+
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 30), r=st.integers(1, 8), n=st.integers(1, 200),
+       top=st.integers(1, 50), largest=st.booleans(), block=st.integers(1, 13))
+def test_global_topk_equals_numpy(seed, m, r, n, top, largest, block):
+    A, B = _factors(seed, m, r, n, np.float64)  # float64: no near-ties that could swap the chosen set
+    device.use(DEVICE)
+    try:
+        rr, cc, vv = device.global_topk(A, B, top, largest=largest, block=block)
+    finally:
+        device.use("cpu")
+    r0, c0, v0 = global_topk(A, B, top, largest=largest, block=block)
+    np.testing.assert_array_equal(rr, r0)
+    np.testing.assert_array_equal(cc, c0)
+    np.testing.assert_allclose(vv, v0, rtol=1e-12)
+
+
+def test_selected_rows_and_bottom(torch_cpu):
+    A, B = _factors(1, 50, 6, 500)
+    rows = np.array([3, 49, 0, 7])
+    ids, vals, cols = _per_row(device.topk_rows, A, B, 5, rows, False, 3)
+    np.testing.assert_array_equal(ids, rows)
+    dense = (A[rows].astype(np.float64) @ B)
+    np.testing.assert_allclose(vals, np.sort(dense, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_product_is_an_input_error(torch_cpu):
+    from tcli.errors import InputError
+
+    A, B = _factors(2, 4, 3, 10)
+    A[1, 0] = np.inf
+    with pytest.raises(InputError, match="non-finite"):
+        list(device.topk_rows(A, B, 2))
+
+
+def test_cuda_without_gpu_is_one_clear_error():
+    import torch
+
+    from tcli.errors import InputError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(InputError, match="no CUDA device"):
+        device.use("cuda")
+    assert device.use("auto") is None  # auto falls back to numpy
+    assert device.active() is None
+
+
+def test_unknown_device():
+    from tcli.errors import InputError
+
+    with pytest.raises(InputError, match="choose cpu, cuda"):
+        device.use("tpu")
