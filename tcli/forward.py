@@ -144,6 +144,7 @@ class Cache:
     attn_bias: list = field(default_factory=list)  # [d] b_O
     pattern: list = field(default_factory=list)  # [H, T, T] attention weights, rows = destination
     mlp_out: list = field(default_factory=list)  # [T, d] (includes b_out)
+    mlp_act: list = field(default_factory=list)  # [T, m] post-activation hidden that multiplies W_out (None: attn-only)
     norms: list = field(default_factory=list)  # (ln1, ln2) frozen Norms of block l
     resid_post: list = field(default_factory=list)  # [T, d] leaving block l
     final_norm: Norm | None = None
@@ -174,15 +175,16 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
     return z @ w[p + "W_O"], pattern  # [H, T, e] @ [H, e, d] -> [H, T, d]
 
 
-def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> np.ndarray:
-    """x [T, d] → [T, d]: act(x W_in + b_in) W_out + b_out; SwiGLU: (act(x W_gate) * (x W_in)) W_out."""
+def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [T, d] → (out [T, d], hidden [T, m]): hidden = act(x W_in + b_in), out = hidden W_out + b_out;
+    gated (SwiGLU): hidden = act(x W_gate + b_gate) * (x W_in + b_in)."""
     p = f"blocks.{l}.mlp."
     pre = x @ w[p + "W_in"] + w[p + "b_in"]
     if cfg.gated_mlp:
         hidden = act(cfg.act_fn, x @ w[p + "W_gate"] + w[p + "b_gate"]) * pre
     else:
         hidden = act(cfg.act_fn, pre)
-    return hidden @ w[p + "W_out"] + w[p + "b_out"]
+    return hidden @ w[p + "W_out"] + w[p + "b_out"], hidden
 
 
 def run(w, tokens, token_types=None) -> Cache:
@@ -209,29 +211,31 @@ def run(w, tokens, token_types=None) -> Cache:
         if cfg.norm_placement == "post":
             heads, pattern = attention(cfg, w, l, x, positions)
             x, ln1 = norm(cfg, x + heads.sum(0) + w[p + "attn.b_O"], w[p + "ln1.w"], w[p + "ln1.b"])
-            out = mlp(cfg, w, l, x) if not cfg.attn_only else np.zeros_like(x)
+            out, hidden = mlp(cfg, w, l, x) if not cfg.attn_only else (np.zeros_like(x), None)
             if not cfg.attn_only:
                 x, ln2 = norm(cfg, x + out, w[p + "ln2.w"], w[p + "ln2.b"])
         else:
             a_in, ln1 = norm(cfg, x, w[p + "ln1.w"], w[p + "ln1.b"])
             heads, pattern = attention(cfg, w, l, a_in, positions)
             attn_out = heads.sum(0) + w[p + "attn.b_O"]
+            hidden = None
             if cfg.attn_only:
                 out = np.zeros_like(x)
                 x = x + attn_out
             elif cfg.parallel_attn_mlp:
                 m_in, ln2 = norm(cfg, x, w[p + "ln2.w"], w[p + "ln2.b"])
-                out = mlp(cfg, w, l, m_in)
+                out, hidden = mlp(cfg, w, l, m_in)
                 x = x + attn_out + out
             else:
                 x = x + attn_out
                 m_in, ln2 = norm(cfg, x, w[p + "ln2.w"], w[p + "ln2.b"])
-                out = mlp(cfg, w, l, m_in)
+                out, hidden = mlp(cfg, w, l, m_in)
                 x = x + out
         cache.head_out.append(heads)
         cache.attn_bias.append(w[p + "attn.b_O"])
         cache.pattern.append(pattern)
         cache.mlp_out.append(out)
+        cache.mlp_act.append(hidden)
         cache.norms.append((ln1, ln2))
         cache.resid_post.append(x)
     if cfg.final_norm and cfg.norm != "none":
