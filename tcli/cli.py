@@ -4,20 +4,52 @@ Grammar of every command: ``tcli COMMAND [CHECKPOINT] [L.H ...] [options]``. Hea
 (numpy, safetensors, tokenizers) happen inside the commands so that ``tcli --help`` is fast.
 """
 
+import enum
 import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional, Tuple
+from typing import Annotated, List, Literal, Optional, Tuple
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import InputError, TcliError
 
+
+# typer >= 0.22 vendors click: find its exception classes through typer's own
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad choice, missing value) as one ``tcli: error:`` line on stderr,
+    exit 2, like every other input error; ``tcli`` alone still prints the help."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `tcli`: the help
+                exc.show()
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
+            message = exc.format_message().replace("Value error, ", "")  # typer's pydantic wording
+            print(f"tcli: error: {message}{hint}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("tcli: interrupted", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
-    name="tcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, rich_markup_mode=None,
+    name="tcli", cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="Interpretable tables from the weights of transformer checkpoints (Elhage et al., 2021).\n\n"
          "Every command: tcli COMMAND [CHECKPOINT] [L.H ...] [options]. CHECKPOINT is a folder, a .safetensors "
          "file or a Hugging Face model id in the local cache (org/name[@revision]). Without one the bundled "
@@ -25,6 +57,16 @@ app = typer.Typer(
 )
 
 HEAD = re.compile(r"^(\d+)\.(\d+)$")
+
+
+def choices(name: str, values: tuple[str, ...]):
+    """A str Enum, for repeatable options whose values typer shows and completes (typer takes
+    ``Literal`` only for single values)."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+Kind = choices("Kind", ("q", "k", "v"))
+Side = choices("Side", ("out", "in", "gate"))
 
 # ---------------------------------------------------------------- shared options
 def complete_heads(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -50,9 +92,9 @@ Revision = Annotated[Optional[str], typer.Option("--revision", help="Model ids: 
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Model ids: the Hugging Face hub cache "
                                                   "folder (default: $HF_HUB_CACHE, $HF_HOME/hub, …).")]
 Raw = Annotated[bool, typer.Option("--raw", help="No weight processing (no LayerNorm folding or centering).")]
-DType = Annotated[str, typer.Option("--dtype", help="Computation dtype: float32 or float64.")]
-Fmt = Annotated[Optional[str], typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
-                                            "(default: table on a terminal, tsv when piped).")]
+DType = Annotated[Literal["float32", "float64"], typer.Option("--dtype", help="Computation dtype.")]
+Fmt = Annotated[Optional[Literal["table", "csv", "tsv", "json", "jsonl"]], typer.Option(
+    "--format", "-f", help="Output format (default: table on a terminal, tsv when piped).", show_default=False)]
 Out = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to FILE (atomically); format from "
                                             "its extension unless --format is given.")]
 Csv = Annotated[bool, typer.Option("--csv", help="Same as --format csv.")]
@@ -60,7 +102,15 @@ Tsv = Annotated[bool, typer.Option("--tsv", help="Same as --format tsv.")]
 Json = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
 Nl = Annotated[bool, typer.Option("--nl", help="Same as --format jsonl (JSON lines).")]
 NoHeaders = Annotated[bool, typer.Option("--no-headers", help="Omit the header row (csv, tsv).")]
+Columns = Annotated[Optional[str], typer.Option("--columns", help="Only these columns, in this order: "
+                                                "a,b,c.", show_default=False)]
+Sort = Annotated[Optional[str], typer.Option("--sort", help="Sort the rows by COL (ascending; -COL: "
+                                             "descending; missing values last).", show_default=False)]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (after --sort).",
+                                              show_default=False)]
 Top = Annotated[int, typer.Option("--top", "-k", help="Entries per row (per-row modes).")]
+RowTop = Annotated[Optional[int], typer.Option("--top", "-k", help="Entries per row, with --token or --all "
+                                               "(default 10).", show_default=False)]
 Tokens = Annotated[Optional[List[str]], typer.Option("--token", "-t", help="Row token: text (' the') or id "
                                                      "(#464). Repeatable.")]
 AllRows = Annotated[bool, typer.Option("--all", help="Every row of the matrix.")]
@@ -76,19 +126,27 @@ class Options:
     """What every command shares: the checkpoint, processing and output choices."""
 
     def __init__(self, target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample,
-                 revision=None, cache_dir=None):
+                 revision=None, cache_dir=None, columns=None, sort=None, limit=None, command="", heads=True,
+                 page=False):
         from .output.render import choose_format
 
         flags = [f for f, on in (("csv", csv), ("tsv", tsv), ("json", json), ("jsonl", nl)) if on]
         if len(flags) > 1 or (flags and fmt and fmt != flags[0]):
             raise InputError("choose one output format", "--format, --csv, --tsv, --json or --nl")
-        self.fmt = choose_format(fmt or (flags[0] if flags else None), out)
+        if page:
+            self.fmt = "html"
+            _page_options(command, fmt or (flags[0] if flags else None), out, columns, sort, limit, no_headers)
+        else:
+            self.fmt = choose_format(fmt or (flags[0] if flags else None), out)
         self.out, self.headers = out, not no_headers
-        if dtype not in ("float32", "float64"):
-            raise InputError(f"--dtype {dtype}: choose float32 or float64")
+        self.columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        self.sort, self.limit = sort, limit
         self.dtype, self.raw, self.arch = dtype, raw, arch
         self.revision, self.cache_dir = revision, cache_dir
         self.checkpoint, self.heads = split_target(target or [])
+        if self.heads and not heads:
+            raise InputError(f"{command} takes no heads (got {len(self.heads)}: "
+                             f"{' '.join(f'{l}.{h}' for l, h in self.heads)})")
         self.sample = sample
         self.keep_logits = False  # decompose/lens: logits equal to the unprocessed model's
         self._loaded = None
@@ -120,13 +178,29 @@ class Options:
         return check_heads(w.cfg, self.heads)
 
     def render(self, table, plot: str | None = None):
-        from .output.render import render
+        from .output.render import render, select
 
+        table = select(table, self.columns, self.sort, self.limit)
         if plot:
             from .output.mpl import save_figures
 
             save_figures(table.figures, plot)
         render(table, self.fmt, self.out, self.headers)
+
+
+def _page_options(command, fmt, out, columns, sort, limit, no_headers) -> None:
+    """A command that writes an HTML page takes none of the table options, and needs ``-o`` (or a
+    redirected stdout) rather than printing HTML on a terminal."""
+    from .output.render import _special
+
+    given = [o for o, v in (("--format/--" + str(fmt), fmt), ("--columns", columns), ("--sort", sort),
+                            ("--limit", limit is not None), ("--no-headers", no_headers)) if v]
+    if given:
+        raise InputError(f"{command} writes one HTML page: {given[0]} does not apply")
+    if out is None and sys.stdout.isatty():
+        raise InputError(f"{command} writes an HTML page: give -o {command}.html (or redirect stdout)")
+    if out is not None and Path(out).suffix.lower() not in (".html", ".htm") and not _special(out):
+        raise InputError(f"-o {out}: {command} writes HTML; end the name in .html")
 
 
 def split_target(args: list[str]) -> tuple[str | None, list[tuple[int, int]]]:
@@ -176,15 +250,17 @@ def handle_errors(fn):
     return wrapper
 
 
-def common(sample: str = "attn-only-1l"):
-    """Decorator: the shared options, parsed into an ``Options`` passed as the first argument."""
+def common(sample: str = "attn-only-1l", heads: bool = False, page: bool = False):
+    """Decorator: the shared options, parsed into an ``Options`` passed as the first argument
+    (``heads``: whether L.H words are accepted)."""
 
     def decorate(fn):
         def wrapper(words: Target = None, arch: Arch = None, revision: Revision = None, cache_dir: CacheDir = None,
                     raw: Raw = False, dtype: DType = "float32", fmt: Fmt = None, out: Out = None, csv: Csv = False,
-                    tsv: Tsv = False, json: Json = False, nl: Nl = False, no_headers: NoHeaders = False, **kwargs):
+                    tsv: Tsv = False, json: Json = False, nl: Nl = False, no_headers: NoHeaders = False,
+                    columns: Columns = None, sort: Sort = None, limit: Limit = None, **kwargs):
             opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample, revision,
-                           cache_dir)
+                           cache_dir, columns, sort, limit, fn.__name__, heads, page)
             return fn(opts, **kwargs)
 
         import inspect
@@ -201,21 +277,48 @@ def common(sample: str = "attn-only-1l"):
     return decorate
 
 
+def command(summary: str, examples: list[str], sample: str = "attn-only-1l", heads: bool = False,
+            page: bool = False):
+    """Register a command: ``summary`` for the command list, an Examples section in its help, the shared
+    options (``common``)."""
+
+    def decorate(fn):
+        epilog = "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
+        return app.command(short_help=summary, epilog=epilog)(common(sample, heads, page)(fn))
+
+    return decorate
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value <= 0:
         raise InputError(f"{name} must be a positive integer, got {value}")
 
 
-def _rows(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int):
-    """Row selection shared by bigram/ov/qk: (row ids or None for all, global N or None)."""
+def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None) -> int:
+    """The row modes of bigram/ov/qk exclude each other: --token, --all, --global (with -k only per row).
+    Returns -k (default 10)."""
     _positive("--top", k)
     _positive("--global", global_n)
+    if tokens and all_rows:
+        raise InputError("give --token or --all, not both")
+    if global_n is not None and (tokens or all_rows):
+        other = "--token" if tokens else "--all"
+        raise InputError(f"--global ranks the whole matrix: it does not combine with {other}")
+    if k is not None and not (tokens or all_rows):
+        raise InputError("-k/--top is the number of entries per row: use it with --token or --all "
+                         "(--global N sets the number of entries overall)")
+    return 10 if k is None else k
+
+
+def _rows(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int | None):
+    """Row selection shared by bigram/ov/qk: (row ids or None for all, global N or None, k)."""
+    k = _modes(tokens, all_rows, global_n, k)
     _, _, vocab = opts.load()
     if tokens:
-        return [vocab.token_id(t) for t in tokens], None
+        return [vocab.token_id(t) for t in tokens], None, k
     if all_rows:
-        return None, None
-    return None, global_n or 30
+        return None, None, k
+    return None, global_n or 30, k
 
 
 def _progress_total(opts, rows, n_units: int = 1) -> int:
@@ -224,8 +327,10 @@ def _progress_total(opts, rows, n_units: int = 1) -> int:
 
 
 # ---------------------------------------------------------------- commands
-@app.command()
-@common()
+@command("Family, dimensions and processing of a checkpoint.",
+         ['tcli info',
+          'tcli info path/to/model --json',
+          'tcli info path/to/model --tensors'])
 def info(opts: Options, tensors: Annotated[bool, typer.Option("--tensors", help="List tensor names, "
                                                               "shapes and dtypes.")] = False):
     """Family, dimensions, norm/positional/activation kinds, dtype, processing, tokenizer, parameters.
@@ -240,9 +345,12 @@ def info(opts: Options, tensors: Annotated[bool, typer.Option("--tensors", help=
     opts.render(tensors_table(ckpt) if tensors else info_table(ckpt, w))
 
 
-@app.command()
-@common(sample="attn-only-0l")
-def bigram(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+@command("Direct path W_E W_U: the bigram logits.",
+         ['tcli bigram',
+          'tcli bigram --global 50 --csv > bigrams.csv',
+          "tcli bigram -t ' the' -t '#464' -k 5",
+          'tcli bigram --all -k 3 -o bigrams.tsv'], sample="attn-only-0l")
+def bigram(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
            bottom: Bottom = False):
     """Direct path W_E W_U: which next tokens each token promotes (logits).
 
@@ -253,15 +361,17 @@ def bigram(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows =
     from .analyses.ranked import bigram as run
     from .output.progress import progress
 
-    rows, global_n = _rows(opts, token, all_rows, global_n, k)
+    rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
     _, w, vocab = opts.load()
     with progress(_progress_total(opts, rows), "direct path") as advance:
         opts.render(run(w, vocab, k, rows, global_n, bottom, advance))
 
 
-@app.command()
-@common()
-def ov(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+@command("Full OV circuits: which logits an attended token raises.",
+         ['tcli ov 0.3',
+          'tcli ov --all-heads --global 20',
+          "tcli ov 0.3 -t ' the' -k 5 --json"], heads=True)
+def ov(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
        bottom: Bottom = False, all_heads: AllHeads = False):
     """Full OV circuit W_E W_V W_O W_U of heads: which logits each attended token raises.
 
@@ -271,15 +381,17 @@ def ov(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = Fal
     from .output.progress import progress
 
     heads = opts.selected_heads(all_heads)
-    rows, global_n = _rows(opts, token, all_rows, global_n, k)
+    rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
     _, w, vocab = opts.load()
     with progress(_progress_total(opts, rows, len(heads)), "OV circuits") as advance:
         opts.render(run(w, vocab, heads, k, rows, global_n, bottom, advance))
 
 
-@app.command()
-@common()
-def qk(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
+@command("Full QK circuits: which keys a query token attends to.",
+         ['tcli qk 0.3',
+          "tcli qk 0.3 -t ' the' -k 5",
+          'tcli qk 0.3 --positional --global 10'], heads=True)
+def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
        bottom: Bottom = False, all_heads: AllHeads = False,
        positional: Annotated[bool, typer.Option("--positional", help="W_pos W_QK W_pos^T (learned positions); "
                                                 "rows/cols are positions, --token takes #POSITION.")] = False,
@@ -297,12 +409,11 @@ def qk(opts: Options, k: Top = 10, token: Tokens = None, all_rows: AllRows = Fal
     heads = opts.selected_heads(all_heads)
     _, w, vocab = opts.load()
     if positional:
-        _positive("--top", k)
-        _positive("--global", global_n)
+        k = _modes(token, all_rows, global_n, k)
         rows = [_position(t, w.cfg.n_ctx) for t in token] if token else None
         global_n = None if (token or all_rows) else (global_n or 30)
     else:
-        rows, global_n = _rows(opts, token, all_rows, global_n, k)
+        rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
     if offset < 0:
         raise InputError("--offset must be 0 or more (keys come before the query)")
     with progress(0 if positional else _progress_total(opts, rows, len(heads)), "QK circuits") as advance:
@@ -316,8 +427,9 @@ def _position(text: str, n_ctx: int) -> int:
     return int(t)
 
 
-@app.command()
-@common()
+@command("Skip-trigrams A … B → C of heads.",
+         ['tcli skiptrigram 0.3',
+          'tcli skiptrigram --all-heads -k 20 --csv'], heads=True)
 def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: AllHeads = False):
     """Skip-trigrams "A … B → C" of heads: B attends back to A, and A raises C.
 
@@ -338,10 +450,12 @@ def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: All
         opts.render(run(w, vocab, heads, k, sources, advance))
 
 
-@app.command()
-@common()
-def spectrum(opts: Options, circuit: Annotated[str, typer.Option("--circuit", "-c", help="direct, ov, qk, wov "
-                                                                 "or wqk.")] = "ov",
+@command("Singular values or eigenvalues of a circuit.",
+         ['tcli spectrum 0.3',
+          'tcli spectrum -c direct -k 10',
+          'tcli spectrum --all-heads -c qk --eigen --csv'], heads=True)
+def spectrum(opts: Options, circuit: Annotated[Literal["direct", "ov", "qk", "wov", "wqk"], typer.Option(
+                 "--circuit", "-c", help="The circuit (see below).")] = "ov",
              k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the first K values.")] = None,
              eigen: Annotated[bool, typer.Option("--eigen", help="Eigenvalues instead of singular values.")] = False,
              all_heads: AllHeads = False, plot: Plot = None):
@@ -354,13 +468,17 @@ def spectrum(opts: Options, circuit: Annotated[str, typer.Option("--circuit", "-
     from .analyses.spectrum import spectrum as run
 
     _positive("--top", k)
+    if circuit == "direct" and (opts.heads or all_heads):
+        raise InputError("--circuit direct (W_E W_U) has no heads: drop the heads / --all-heads")
     heads = [] if circuit == "direct" else opts.selected_heads(all_heads or not opts.heads)
     _, w, _ = opts.load()
     opts.render(run(w, circuit, heads, k, eigen), plot)
 
 
-@app.command()
-@common(sample="attn-only-2l")
+@command("Head census: copying, norms, spectra, behaviour.",
+         ['tcli heads',
+          'tcli heads --sort -induction_score --limit 5',
+          'tcli heads --columns layer,head,copying_score --csv'], sample="attn-only-2l")
 def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
                                                                     "passes (behavioural columns empty).")] = False):
     """Head census: copying scores, norms, spectra and behaviour, one row per head.
@@ -378,10 +496,12 @@ def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behavi
         opts.render(census(w, not no_behaviour, advance))
 
 
-@app.command()
-@common(sample="attn-only-2l")
-def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--kind", help="q, k or v "
-                                                                             "(repeatable; default all).")] = None,
+@command("Q/K/V composition scores between heads.",
+         ['tcli compose',
+          'tcli compose --kind k -k 10',
+          'tcli compose --plot compose.png'], sample="attn-only-2l")
+def compose(opts: Options, kind: Annotated[Optional[List[Kind]], typer.Option("--kind", help="Repeatable; "
+                                                                              "default all.")] = None,
             k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the K strongest pairs.")] = None,
             plot: Plot = None):
     """Q/K/V composition scores ‖A B‖_F / (‖A‖_F ‖B‖_F) for every pair of heads across layers.
@@ -392,10 +512,7 @@ def compose(opts: Options, kind: Annotated[Optional[List[str]], typer.Option("--
     from .analyses.compose import compose as run
 
     _positive("--top", k)
-    kinds = tuple(kind or ("q", "k", "v"))
-    bad = [x for x in kinds if x not in ("q", "k", "v")]
-    if bad:
-        raise InputError(f"--kind {bad[0]!r}: choose q, k or v")
+    kinds = tuple(dict.fromkeys(x.value for x in kind)) if kind else ("q", "k", "v")
     _, w, _ = opts.load()
     opts.render(run(w, kinds, k), plot)
 
@@ -412,8 +529,10 @@ def _prompt(opts: Options, prompt: str | None, ids: str | None) -> list[int]:
     return vocab.parse_ids(ids) if ids is not None else vocab.encode(prompt)
 
 
-@app.command()
-@common(sample="gpt2-2l")
+@command("Direct logit attribution of one logit on a prompt.",
+         ["tcli decompose -p 'To be, or not to'",
+          "tcli decompose -p 'To be, or not to' --target ' be' --csv",
+          "tcli decompose --ids 1,2,3 --diff ' the' ' a'"], sample="gpt2-2l")
 def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
               position: Annotated[int, typer.Option("--position", help="Position to explain (-1: the last).")] = -1,
               target: Annotated[Optional[str], typer.Option("--target", help="Target token (text or #id); "
@@ -442,8 +561,9 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
     opts.render(run_decompose(w, vocab, tokens, position, a, b))
 
 
-@app.command()
-@common(sample="gpt2-2l")
+@command("Logit lens: top tokens of the residual after each layer.",
+         ["tcli lens -p 'To be, or not to'",
+          "tcli lens -p 'To be, or not to' --position -1 -k 3 --json"], sample="gpt2-2l")
 def lens(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 5,
          position: Annotated[Optional[int], typer.Option("--position", help="One position (-1: the last); "
                                                          "default: all.")] = None):
@@ -460,8 +580,10 @@ def lens(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 5,
     opts.render(run_lens(w, vocab, _prompt(opts, prompt, ids), k, position))
 
 
-@app.command()
-@common(sample="attn-only-2l")
+@command("Attention patterns of heads on a prompt.",
+         ["tcli attention -p 'To be, or not to be'",
+          "tcli attention 1.2 -p 'To be, or not to be' -k 1",
+          "tcli attention -p 'To be' --plot attn.png"], sample="attn-only-2l", heads=True)
 def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
               head: Annotated[Optional[List[str]], typer.Option("--head", help="L.H (repeatable); default: "
                                                                 "the heads given as arguments, else all.")] = None,
@@ -485,11 +607,56 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
     opts.render(run_attention(w, vocab, _prompt(opts, prompt, ids), heads, k, position), plot)
 
 
-@app.command()
-@common(sample="attn-only-2l")
+@command("FFN neurons in vocabulary space.",
+         ['tcli neurons',
+          'tcli neurons 0.17 1.3 -k 5',
+          'tcli neurons --layer 1 --all --side in --csv'], sample="gpt2-2l", heads=True)
+def neurons(opts: Options, k: Top = 10,
+            layer: Annotated[Optional[List[int]], typer.Option("--layer", help="A whole layer (repeatable): "
+                                                               "its census, or with --all every neuron.")] = None,
+            side: Annotated[Optional[List[Side]], typer.Option("--side", help="out (W_out[n] W_U, default), in "
+                                                              "(W_E W_in[:, n]) or gate (W_E W_gate[:, n]); "
+                                                              "repeatable.")] = None,
+            all_rows: Annotated[bool, typer.Option("--all", help="Every neuron of the --layer layers (default: "
+                                                   "every layer), top -k tokens each.")] = False,
+            bottom: Bottom = False):
+    """FFN neurons in vocabulary space: what each neuron writes (out) or reads from the embedding (in, gate).
+
+    Neurons are L.N words (layer.neuron): the top -k tokens of each. --all: every neuron of the --layer
+    layers, streamed. Otherwise a census: one row per neuron, the -k most token-like per layer, by the
+    z-score of its top logit over its own row (exact). Columns: layer, neuron, side, rank, token_id, token,
+    value; census: layer, neuron, side, rank, z_score, top_id, top_value, mean, std, in_norm, gate_norm (gated),
+    out_norm, top_tokens. in/gate are the direct-path part of the input only. See
+    docs/commands/neurons.md. Default checkpoint: gpt2-2l."""
+    from .analyses import neurons as nr
+    from .output.progress import progress
+
+    _positive("--top", k)
+    _, w, vocab = opts.load()
+    cfg = w.cfg
+    sides = nr.check_sides(cfg, [x.value for x in side or []])
+    if opts.heads and (layer or all_rows):
+        raise InputError("name neurons as L.N, or select whole layers with --layer (and --all), not both")
+    if opts.heads:
+        selected = nr.check_neurons(cfg, opts.heads)
+        with progress(0, "neurons") as advance:
+            opts.render(nr.neurons(w, vocab, selected, sides, k, bottom, advance))
+        return
+    layers = nr.check_layers(cfg, layer if layer else range(cfg.n_layers))
+    total = len(sides) * len(layers) * cfg.d_mlp
+    with progress(total, "neurons" if all_rows else "neuron census") as advance:
+        if all_rows:
+            opts.render(nr.neurons(w, vocab, [(l, None) for l in layers], sides, k, bottom, advance))
+        else:
+            opts.render(nr.census(w, vocab, layers, sides, k, bottom, advance))
+
+
+@command("One self-contained HTML page about a model.",
+         ['tcli report -o report.html',
+          'tcli report path/to/model --no-behaviour -o model.html'], sample="attn-only-2l", page=True)
 def report(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
                                                                      "passes of the census.")] = False):
-    """One self-contained HTML page for a quick look at a model (-o report.html; default: stdout).
+    """One self-contained HTML page for a quick look at a model (-o report.html, or stdout when redirected).
 
     Info, the head census, spectra, composition heatmaps, the strongest bigrams and OV/QK entries of
     the strongest heads. Data inline, no external scripts: it works offline. Default checkpoint:

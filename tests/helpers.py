@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import io
 import json
 
@@ -20,13 +21,23 @@ def invoke(*args, ok: bool = True):
     return result
 
 
+TSV_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def untsv(field: str) -> str:
+    """Undo tcli's TSV escapes (``\\\\ \\t \\n \\r``); other backslashes are literal."""
+    return re.sub(r"\\[\\tnr]", lambda m: TSV_UNESCAPES[m.group(0)], field)
+
+
 def parse(text: str, fmt: str):
     """Machine output back into (columns, rows as dicts of strings/values)."""
     if fmt in ("csv", "tsv"):
-        # TSV is unquoted (tabs, newlines and backslashes are escaped instead): read it with QUOTE_NONE
+        # TSV: csv quoting (a field holding '"' is quoted, quotes doubled) plus \\ \t \n \r escapes
         reader = (csv.reader(io.StringIO(text, newline="")) if fmt == "csv"
-                  else csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+                  else csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
         rows = list(reader)
+        if fmt == "tsv":
+            rows = [[untsv(f) for f in r] for r in rows]
         return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
     if fmt == "json":
         data = json.loads(text)

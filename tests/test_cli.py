@@ -92,9 +92,6 @@ def test_tricky_tokens_round_trip(tricky, fmt):
     for row in rows:
         src, dst = int(row["src_id"]), int(row["dst_id"])
         src_tok, dst_tok = row["src_token"], row["dst_token"]
-        if fmt == "tsv":  # TSV escapes \t, \n, \r and \\; undo it
-            src_tok, dst_tok = (bytes(s, "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
-                                for s in (src_tok, dst_tok))
         assert (src_tok, dst_tok) == (strings[src], strings[dst])
     if fmt == "tsv":
         assert all(line.count("\t") == 5 for line in out.splitlines())
@@ -158,3 +155,31 @@ def test_mixed_value_types_render_faithfully():
     buf = _io.StringIO()
     write_csv(Table.from_rows(["a"], [('say "hi", ok',), ("plain",)]), buf)
     assert buf.getvalue() == 'a\n"say ""hi"", ok"\nplain\n'
+
+
+@pytest.mark.parametrize("args", [("heads", "--no-behaviour"), ("bigram", "--all", "-k", "3"), ("ov", "0.1", "--global", "40")])
+def test_columns_sort_limit_equal_the_same_done_by_hand(attn_only_dir, args):
+    """--columns/--sort/--limit give exactly the full table's rows, re-ordered and cut in Python."""
+    cols, full = parse(invoke(*args[:1], attn_only_dir, *args[1:], "--csv").stdout, "csv")
+    key = cols[-1]
+    for sort, reverse in ((key, False), ("-" + key, True)):
+        picked = [cols[0], key]
+        _, rows = parse(invoke(*args[:1], attn_only_dir, *args[1:], "--csv", "--columns", ",".join(picked),
+                               "--sort", sort, "--limit", "7").stdout, "csv")
+        expect = sorted(full, key=lambda r: float(r[key]), reverse=reverse)[:7]
+        assert [float(r[key]) for r in rows] == [float(r[key]) for r in expect]
+        assert all(list(r) == picked for r in rows)
+    _, rows = parse(invoke(*args[:1], attn_only_dir, *args[1:], "--csv", "--limit", "5").stdout, "csv")
+    assert rows == full[:5]  # no --sort: the table's own order, cut while streaming
+
+
+def test_help_has_examples_short_summaries_and_h(attn_only_dir):
+    from tcli.cli import app
+
+    top = invoke("-h").stdout
+    for name in ("bigram", "ov", "qk", "skiptrigram", "heads", "compose", "decompose", "lens", "report"):
+        line = next(l for l in top.splitlines() if l.strip().startswith(name + " "))
+        assert "..." not in line and len(line) <= 80, line   # summaries are never cut
+        assert "Examples:\n    tcli " + name in invoke(name, "-h").stdout
+    assert "<table|csv|tsv|json|jsonl>" in invoke("bigram", "--help").stdout   # choices shown
+    assert "[q|k|v]" in invoke("compose", "-h").stdout

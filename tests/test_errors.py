@@ -155,7 +155,7 @@ def test_non_positive_k(good, args):
 
 
 def test_bad_format_and_dtype(good):
-    assert_one_line_error(invoke("bigram", good, "--format", "xml", ok=False), "unknown format")
+    assert_one_line_error(invoke("bigram", good, "--format", "xml", ok=False), "--format", "xml")
     assert_one_line_error(invoke("bigram", good, "--dtype", "float16", ok=False), "--dtype")
 
 
@@ -187,9 +187,44 @@ def test_option_errors_per_command(hf_dirs, good):
     assert_one_line_error(invoke("qk", llama, "0.0", "--positional", ok=False), "learned position embeddings")
     assert_one_line_error(invoke("qk", gpt2, "0.0", "--offset", "2", ok=False), "rotary models only")
     assert_one_line_error(invoke("qk", llama, "0.0", "--offset", "-1", ok=False), "--offset")
-    assert_one_line_error(invoke("spectrum", good, "0.0", "--circuit", "xy", ok=False), "unknown circuit")
-    assert_one_line_error(invoke("compose", good, "--kind", "x", ok=False), "choose q, k or v")
+    assert_one_line_error(invoke("spectrum", good, "0.0", "--circuit", "xy", ok=False), "--circuit", "xy")
+    assert_one_line_error(invoke("compose", good, "--kind", "x", ok=False), "--kind", "x")
     assert_one_line_error(invoke("skiptrigram", good, "0.0", "-k", "0", ok=False), "positive integer")
     assert_one_line_error(invoke("attention", good, "--ids", "1", "--head", "x", ok=False), "LAYER.HEAD")
     assert_one_line_error(invoke("qk", good, "0.0", "--positional", "--token", "#99", ok=False), "position")
     assert_one_line_error(invoke("bigram", good, "--csv", "--json", ok=False), "one output format")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("bigram", "-k", "3"), "-k/--top"),                      # -k without a per-row mode
+    (("bigram", "--global", "3", "-k", "3"), "-k/--top"),
+    (("bigram", "--all", "-t", "a"), "--token or --all"),
+    (("ov", "0.0", "--global", "3", "--all"), "--global"),
+    (("qk", "0.0", "--global", "3", "-t", "a"), "--global"),
+    (("bigram", "0.1"), "bigram takes no heads"),             # a head given where none applies
+    (("info", "0.1"), "info takes no heads"),
+    (("lens", "0.1", "--ids", "1"), "lens takes no heads"),
+    (("spectrum", "0.0", "-c", "direct"), "no heads"),
+    (("report", "--csv"), "does not apply"),                  # report writes HTML only
+    (("report", "--sort", "x"), "--sort"),
+    (("report", "-o", "r.csv"), ".html"),
+    (("bigram", "-o", "r.html"), "extension"),                # an unknown -o extension
+    (("bigram", "--frob"), "--frob"),                         # click's own usage errors, one line too
+    (("bigram", "--dtype", "f16"), "--dtype"),
+    (("bigram", "--sort", "nope"), "no column 'nope'"),
+    (("bigram", "--columns", "value,nope"), "no column 'nope'"),
+    (("bigram", "--limit", "-1"), "--limit"),
+])
+def test_options_that_conflict_or_do_not_apply(good, tmp_path, args, needle):
+    args = tuple(str(tmp_path / a) if a in ("r.csv", "r.html") else a for a in args)
+    assert_one_line_error(invoke(args[0], good, *args[1:], ok=False), needle)
+
+
+def test_report_on_a_terminal_needs_o(good, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    from tcli.cli import _page_options
+
+    with pytest.raises(Exception, match="-o report.html"):
+        _page_options("report", None, None, None, None, None, False)

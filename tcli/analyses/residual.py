@@ -23,6 +23,7 @@ from ..output.table import Figure, Table
 
 DECOMPOSE_COLUMNS = ["component", "layer", "head", "value", "label"]
 LENS_COLUMNS = ["layer", "position", "rank", "token_id", "token", "logit"]
+HEATMAPS = 8  # attention heatmaps drawn in table mode (all of them go to --plot)
 ATTENTION_COLUMNS = ["layer", "head", "dst_pos", "dst_token", "rank", "src_pos", "src_token", "weight"]
 
 
@@ -154,5 +155,8 @@ def attention(w, vocab, tokens, heads, k: int = 3, position: int | None = None) 
     labels = [f"{i} {visible(t)}"[:14] for i, t in enumerate(strings)]
     table.figures = [Figure("heatmap", f"head {l}.{h} attention (rows: destination, columns: source position)",
                             cache.pattern[l][h], labels, [str(i) for i in range(T)], "source position",
-                            "destination") for l, h in heads[:8]]
+                            "destination") for l, h in heads[:HEATMAPS]]
+    if len(heads) > HEATMAPS:
+        table.notes.append(f"heatmaps: the first {HEATMAPS} of {len(heads)} selected heads are drawn "
+                           f"({len(heads) - HEATMAPS} left out); choose heads with --head L.H or draw all with --plot")
     return table

@@ -10,6 +10,9 @@ import numpy as np
 from ..errors import InputError
 
 
+MAX_FIGURES = 64
+
+
 def save_figures(figures, path: str) -> None:
     """Draw every figure (heatmaps with imshow, line series on a log scale) into one image file."""
     suffix = Path(path).suffix.lower()
@@ -24,9 +27,13 @@ def save_figures(figures, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("--plot needs matplotlib", "pip install 'tcli[plot]'") from None
-    figures = figures[:9]
+    if len(figures) > MAX_FIGURES:
+        import sys
+
+        print(f"tcli: --plot draws the first {MAX_FIGURES} of {len(figures)} figures", file=sys.stderr)
+        figures = figures[:MAX_FIGURES]
     n = len(figures)
-    ncols = min(3, n)
+    ncols = min(4, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.5 * nrows), squeeze=False)
     for ax, f in zip(axes.ravel(), figures):

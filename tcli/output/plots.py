@@ -49,9 +49,17 @@ def draw_heatmap(console, matrix, row_labels, col_labels, title: str) -> None:
     scaled = (m - lo) / (hi - lo) if hi > lo else np.ones_like(m)
     color = console.color_system is not None and not console.no_color
     width = max((len(r) for r in row_labels), default=0)
-    console.print(Text(f"{title} ({lo:.3g} … {hi:.3g}; columns: {col_labels[0]} … {col_labels[-1]})", style="bold"))
+    console.print(Text(f"{title} (columns: {col_labels[0]} … {col_labels[-1]})", style="bold"))
     lines = heatmap_lines(scaled, color)
     step = 2 if color else 1
     for i, line in enumerate(lines):
         label = " / ".join(row_labels[i * step:i * step + step]) if color else row_labels[i]
         console.print(Text(label.rjust(width * step + 3 * (step - 1)) + " ") + line)
+    legend = Text(f"scale: {lo:.3g} ")
+    if color:
+        for x in np.linspace(0, 1, 12):
+            legend.append("█", style=_rgb(float(x)))
+    else:
+        legend.append("(blank) ░ ▒ ▓ █")
+    legend.append(f" {hi:.3g}")
+    console.print(legend)

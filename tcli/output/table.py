@@ -28,7 +28,8 @@ class Table:
 
     notes go to stderr in machine formats and under the table in table mode; ``token_columns``
     are shown with visible whitespace; ``bar`` names a numeric column drawn as a bar in table mode;
-    ``figures`` are pictures of the data: heatmaps are drawn in table mode, and all of them by --plot.
+    ``figures`` are pictures of the data: heatmaps are drawn in table mode, and all of them by --plot;
+    ``short`` abbreviates headers in table mode (a legend names them).
     """
 
     columns: list[str]
@@ -39,6 +40,7 @@ class Table:
     bar: str | None = None
     figures: list = field(default_factory=list)
     record: bool = False  # one record: key/value in table mode, a JSON object (not an array) in json
+    short: dict = field(default_factory=dict)  # table mode: column -> abbreviated header (a legend follows)
 
     def rows(self) -> Iterator[tuple]:
         """Rows as tuples of plain Python values (numpy scalars converted)."""
@@ -65,8 +67,24 @@ def _plain(values) -> list:
 
 
 VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def inert(text: str) -> str:
+    """Text safe to show on a terminal: C0/C1 control characters, DEL and bidirectional controls
+    become visible escapes (``\\x1b``, ``\\u202e``); everything else is unchanged. (Rich markup is
+    never interpreted: tables are built from ``rich.text.Text`` cells.)"""
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(c) if (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in BIDI) else c for c in text)
 
 
 def visible(token: str) -> str:
-    """A token string with its whitespace made visible, for terminal tables."""
-    return token.translate(VISIBLE) if token else "∅"
+    """A token string for terminal tables: whitespace made visible (␣ ↵ ⇥ ␍), other controls escaped
+    (``inert``), the empty string as ∅."""
+    return inert(token.translate(VISIBLE)) if token else "∅"
