@@ -6,11 +6,12 @@ The bar never touches stdout (no redirection of stdout or stderr through rich) a
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
 
-DELAY = 1.0  # seconds of work before a bar appears
+DELAY = float(os.environ.get("TCLI_PROGRESS_DELAY", "1"))  # seconds of work before a bar appears
 _ACTIVE: list = []  # the live bar, if one is shown
 
 
