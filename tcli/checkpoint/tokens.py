@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError
@@ -35,6 +37,10 @@ class Vocab:
                 n = self.tokenizer.get_vocab_size(with_added_tokens=True)
                 ids = [[i] for i in range(min(n, self.d_vocab))]
                 decoded = self.tokenizer.decode_batch(ids, skip_special_tokens=False)
+                raw = _raw_bytes(self.tokenizer)
+                for i, text in enumerate(decoded):
+                    if "\ufffd" in text and raw is not None:
+                        decoded[i] = lossless(raw(i), text)
                 self._strings = decoded + [""] * (self.d_vocab - len(decoded))
         return self._strings
 
@@ -48,6 +54,10 @@ class Vocab:
             if i >= self.d_vocab:
                 raise InputError(f"token id {i} out of range (the vocabulary has {self.d_vocab} tokens)")
             return i
+        if "\\x" in spec and self.tokenizer is not None:  # the escaped form of a non-UTF-8 piece
+            found = [i for i, t in enumerate(self.strings()) if t == spec]
+            if found:
+                return found[0]
         if self.tokenizer is None:
             raise InputError(f"cannot encode token {spec!r}: this checkpoint has no tokenizer.json",
                              "give token ids as #ID")
@@ -78,3 +88,51 @@ class Vocab:
         if not ids:
             raise InputError("--ids is empty")
         return ids
+
+
+def lossless(data: bytes | None, text: str) -> str:
+    """A token's string that keeps its bytes: valid UTF-8 as text; otherwise each byte of an invalid
+    sequence as ``\\xNN`` (lowercase hex, Python's ``backslashreplace``). Reverse with
+    ``re.sub(rb"\\\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), s.encode())`` (docs/recipes.md).
+    Only tokens that are not valid UTF-8 get escapes; ``token_id`` stays the key for joins."""
+    if data is None:
+        return text
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def _byte_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character standing for each byte → the byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _raw_bytes(tokenizer):
+    """``id → bytes`` for tokenizers whose pieces are bytes (a ByteLevel or ByteFallback decoder), else None."""
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    kinds = {d.get("type") for d in decoder.get("decoders", [decoder]) if isinstance(d, dict)}
+    if "ByteLevel" in kinds:
+        table = _byte_table()
+
+        def raw(i):
+            piece = tokenizer.id_to_token(i)
+            if piece is None or any(c not in table for c in piece):
+                return None
+            return bytes(table[c] for c in piece)
+        return raw
+    if "ByteFallback" in kinds:
+        def raw(i):
+            piece = tokenizer.id_to_token(i)
+            m = BYTE_FALLBACK.match(piece or "")
+            return bytes([int(m.group(1), 16)]) if m else None
+        return raw
+    return None
