@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import InputError, TcliError
+from .errors import InputError, TcliError, Terminated
 
 
 # typer >= 0.22 vendors click: find its exception classes through typer's own
@@ -237,6 +237,11 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             print("tcli: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
+        except Terminated as exc:
+            import signal
+
+            print(f"tcli: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+            raise typer.Exit(128 + exc.signum) from None
         except MemoryError:
             print("tcli: error: out of memory (try a smaller --top, fewer heads, or float32)", file=sys.stderr)
             raise typer.Exit(1) from None

@@ -26,3 +26,12 @@ class InternalError(TcliError):
     """A bug in tcli: exit code 1."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """A termination signal (SIGTERM, SIGHUP, SIGQUIT) raised as an exception, so that ``finally`` blocks
+    run (a half-written output file is removed); the process exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signum)
