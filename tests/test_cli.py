@@ -183,3 +183,26 @@ def test_help_has_examples_short_summaries_and_h(attn_only_dir):
         assert "Examples:\n    tcli " + name in invoke(name, "-h").stdout
     assert "<table|csv|tsv|json|jsonl>" in invoke("bigram", "--help").stdout   # choices shown
     assert "[q|k|v]" in invoke("compose", "-h").stdout
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("args", [("heads", "--no-behaviour"), ("info",), ("compose",),
+                                  ("decompose", "-p", "To be, or not")], ids=lambda a: a[0])
+def test_tables_fit_the_terminal_and_numbers_stay_whole(args, width, monkeypatch):
+    """At 80 and 120 columns no line is wider than the terminal, and each row of the table is one line whose
+    cells are exactly the machine output's values (4 significant digits): nothing is split or wrapped."""
+    from rich.cells import cell_len
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    text = invoke(*args, "--format", "table").stdout
+    assert max(cell_len(line) for line in text.splitlines()) <= width
+    cols, rows = parse(invoke(*args, "--json").stdout, "json")
+    body = [line for line in text.splitlines() if "│" in line]
+    if args[0] == "info":  # a record: one key per line
+        assert [line.split("│")[0].strip() for line in body] == cols[:len(body)]
+        return
+    assert len(body) == len(rows)
+    for line, row in zip(body, rows):
+        for c, cell in zip(cols, (c.strip() for c in line.split("│"))):
+            v = row[c]
+            assert cell == (f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)), (c, cell, v)

@@ -97,7 +97,8 @@ def compose(w, kinds=("q", "k", "v"), top: int | None = None) -> Table:
              f"{cfg.d_model}×{cfg.d_model} matrices (seed 0) = {base:.4f}"]
     if not rows:
         notes.append("the model has one layer: no pairs of heads across layers")
-    table = Table.from_rows(COLUMNS, rows[:top] if top else rows, title="Composition scores", notes=notes)
+    table = Table.from_rows(COLUMNS, rows[:top] if top else rows, title="Composition scores", notes=notes,
+                           short={"layer1": "L1", "head1": "H1", "layer2": "L2", "head2": "H2"})
     if rows:
         labels = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(H)]
         earlier, later = slice(0, (cfg.n_layers - 1) * H), slice(H, cfg.n_layers * H)

@@ -22,6 +22,11 @@ COLUMNS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius"
            "wov_frobenius", "wqk_frobenius"]
 
 
+SHORT = {"layer": "L", "head": "H", "copying_score": "copy", "wov_copying_score": "wov_copy", "ov_frobenius": "ov_F",
+         "qk_frobenius": "qk_F", "ov_top_singular_value": "ov_σ1", "ov_effective_rank": "ov_rank",
+         "prev_token_score": "prev", "induction_score": "induct", "wov_frobenius": "wov_F", "wqk_frobenius": "wqk_F"}
+
+
 def census(w, behaviour: bool = True, progress=None) -> Table:
     cfg = w.cfg
     f64 = np.float64
@@ -46,4 +51,4 @@ def census(w, behaviour: bool = True, progress=None) -> Table:
                          float(induction[l, h]) if induction is not None else None,
                          float(np.sqrt(max(np.trace((WV[h].T @ WV[h]) @ (WO[h] @ WO[h].T)), 0))),
                          float(np.sqrt(max(np.trace((WQ[h].T @ WQ[h]) @ (WK[h].T @ WK[h])), 0)))))
-    return Table.from_rows(COLUMNS, rows, title="Head census")
+    return Table.from_rows(COLUMNS, rows, title="Head census", short=SHORT)

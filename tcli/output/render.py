@@ -210,7 +210,7 @@ def write_table(table: Table, fh, color: bool | None = None, width: int | None =
                    pad_edge=False)
     for c, h in zip(table.columns[:n_fit], headers[:n_fit]):
         record_value = table.record and c == "value"
-        rt.add_column(Text(h), justify="right" if c in numeric else "left", no_wrap=not record_value,
+        rt.add_column(Text(h), justify="right" if c in numeric and not table.record else "left", no_wrap=not record_value,
                       overflow="fold")
     if bar_i is not None:
         rt.add_column("", justify="left", no_wrap=True)
