@@ -108,7 +108,7 @@ def main():
     bound_ov = len(heads) * 2 * V * V * w.cfg.d_head / (peak_e * 1e9)
     t = engine_time(lambda: [sum(len(i) for i, _, _ in device.topk_rows(F.A, F.B, 5)) for F in factors])
     add(f"engine: ov --all-heads --all -k 5 ({len(heads)} heads)", t, bound_ov)
-    del factors, w
+    factors = w = None  # free them before the CLI runs
 
     flag = ["--device", args.device]
     out = Path("/tmp/tcli_gpu_bigram.csv")

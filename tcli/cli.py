@@ -48,7 +48,8 @@ class OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(
-    name="tcli", cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, rich_markup_mode=None,
+    name="tcli", cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="Interpretable tables from the weights of transformer checkpoints (Elhage et al., 2021).\n\n"
          "Every command: tcli COMMAND [CHECKPOINT] [L.H ...] [options]. CHECKPOINT is a folder, a .safetensors "
@@ -288,6 +289,10 @@ def command(summary: str, examples: list[str], sample: str = "attn-only-1l", hea
     options (``common``)."""
 
     def decorate(fn):
+        from .columns import TABLES, describe
+
+        if fn.__name__ in TABLES:  # the column list comes from tcli/columns.py, as in docs/commands.md
+            fn.__doc__ = fn.__doc__.rstrip() + "\n\n    " + describe(fn.__name__)
         epilog = "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
         return app.command(short_help=summary, epilog=epilog)(common(sample, heads, page)(fn))
 
@@ -340,10 +345,7 @@ def info(opts: Options, tensors: Annotated[bool, typer.Option("--tensors", help=
                                                               "shapes and dtypes.")] = False):
     """Family, dimensions, norm/positional/activation kinds, dtype, processing, tokenizer, parameters.
 
-    Columns (json keys): family, n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, d_vocab, n_ctx,
-    norm, positional, act_fn, attn_only, parallel_attn_mlp, tied_embeddings, dtype, processing, tokenizer,
-    n_params, then norm_placement, rotary_dim, rotary_base, unembed, path. --tensors: name, dtype, shape,
-    n_params. Default checkpoint: attn-only-1l."""
+    Default checkpoint: attn-only-1l."""
     from .analyses.info import info_table, tensors_table
 
     ckpt, w, _ = opts.load()
@@ -360,9 +362,8 @@ def bigram(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllR
     """Direct path W_E W_U: which next tokens each token promotes (logits).
 
     Rows are the current token (src), columns the next-token logit (dst). Default: the 30 largest
-    entries overall (--global); --token/--all give the top -k per row. Columns: src_id, src_token, rank,
-    dst_id, dst_token, value. Default checkpoint: attn-only-0l (the zero-layer model, whose direct
-    path is its bigram table)."""
+    entries overall (--global); --token/--all give the top -k per row. Default checkpoint:
+    attn-only-0l (the zero-layer model, whose direct path is its bigram table)."""
     from .analyses.ranked import bigram as run
     from .output.progress import progress
 
@@ -380,8 +381,7 @@ def ov(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
        bottom: Bottom = False, all_heads: AllHeads = False):
     """Full OV circuit W_E W_V W_O W_U of heads: which logits each attended token raises.
 
-    Rows are the attended (source) token, columns the output logit. Columns: layer, head, src_id,
-    src_token, rank, out_id, out_token, value. Default checkpoint: attn-only-1l."""
+    Rows are the attended (source) token, columns the output logit. Default checkpoint: attn-only-1l."""
     from .analyses.ranked import ov as run
     from .output.progress import progress
 
@@ -406,8 +406,7 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
     """Full QK circuit W_E W_Q W_K^T W_E^T of heads: which key tokens each query token attends to.
 
     Rows are the query (destination) token, columns the key (source) token, values raw attention
-    scores. Columns: layer, head, query_id, query_token, rank, key_id, key_token, value.
-    Default checkpoint: attn-only-1l."""
+    scores. Default checkpoint: attn-only-1l."""
     from .analyses.ranked import qk as run
     from .output.progress import progress
 
@@ -441,8 +440,7 @@ def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: All
     score = min(z_qk, z_ov), where z_qk = (QK[B, A] − mean QK) / std QK and z_ov = (OV[A, C] − mean OV) /
     std OV over the whole circuits: a skip-trigram is as strong as its weaker link (equal scores are
     ranked by the stronger link). The top -k
-    triples are exact. --token restricts the source A. Columns: layer, head, rank, src_id, src_token,
-    dst_id, dst_token, out_id, out_token, qk, ov, score. Default checkpoint: attn-only-1l."""
+    triples are exact. --token restricts the source A. Default checkpoint: attn-only-1l."""
     from .analyses.skiptrigram import skiptrigram as run
     from .output.progress import progress
 
@@ -467,8 +465,7 @@ def spectrum(opts: Options, circuit: Annotated[Literal["direct", "ov", "qk", "wo
     """Singular values (or eigenvalues) of a circuit, exact from its factors.
 
     Circuits: direct (W_E W_U), ov (W_E W_OV W_U), qk (W_E W_QK W_E^T), wov (W_V W_O), wqk (W_Q W_K^T).
-    Columns: circuit, layer, head, index (from 1), singular_value, cumulative_variance; with --eigen:
-    circuit, layer, head, index, real, imag, abs. Effective rank and top-5 variance share are
+    Effective rank and top-5 variance share are
     printed as notes. Default checkpoint: attn-only-1l (--all-heads when no head is named)."""
     from .analyses.spectrum import spectrum as run
 
@@ -488,9 +485,7 @@ def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behavi
                                                                     "passes (behavioural columns empty).")] = False):
     """Head census: copying scores, norms, spectra and behaviour, one row per head.
 
-    Columns: layer, head, copying_score, wov_copying_score, ov_frobenius, qk_frobenius,
-    ov_top_singular_value, ov_effective_rank, prev_token_score, induction_score, wov_frobenius,
-    wqk_frobenius. Behavioural scores use seeded random tokens (see docs/commands.md).
+    Behavioural scores use seeded random tokens (see docs/commands.md).
     Default checkpoint: attn-only-2l."""
     from .analyses.behaviour import BATCH
     from .analyses.heads import census
@@ -512,8 +507,7 @@ def compose(opts: Options, kind: Annotated[Optional[List[Kind]], typer.Option("-
     """Q/K/V composition scores ‖A B‖_F / (‖A‖_F ‖B‖_F) for every pair of heads across layers.
 
     A = W_OV of the earlier head; B = W_QK (q), W_QK^T (k) or W_OV (v) of the later head. Ranked by
-    score, with a seeded random baseline beside each. Columns: kind, layer1, head1, layer2, head2, score,
-    baseline. Default checkpoint: attn-only-2l."""
+    score, with a seeded random baseline beside each. Default checkpoint: attn-only-2l."""
     from .analyses.compose import compose as run
 
     _positive("--top", k)
@@ -548,8 +542,7 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
 
     Components: embed, pos_embed, head (layer, head), attn_bias, mlp, norm_bias, unembed_bias (BERT adds
     token_type_embed); each norm's scale is frozen from the real forward pass; the last row, total,
-    equals the model's logit (the unprocessed model's: no unembedding centring). Columns: component,
-    layer, head, value, label. Default checkpoint: gpt2-2l."""
+    equals the model's logit (the unprocessed model's: no unembedding centring). Default checkpoint: gpt2-2l."""
     from .analyses.residual import check_prompt, decompose as run_decompose
 
     opts.keep_logits = True
@@ -575,8 +568,7 @@ def lens(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 5,
     """Logit lens: the top tokens decoded from the residual stream after each layer.
 
     Each layer's residual goes through the final norm computed on that residual itself (not the last
-    layer's scale), then the unembedding. Layer -1 is the embeddings. Columns: layer, position, rank,
-    token_id, token, logit. Default checkpoint: gpt2-2l."""
+    layer's scale), then the unembedding. Layer -1 is the embeddings. Default checkpoint: gpt2-2l."""
     from .analyses.residual import lens as run_lens
 
     _positive("--top", k)
@@ -597,8 +589,7 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
               plot: Plot = None):
     """Attention patterns on a prompt: the top -k source positions of each destination, per head.
 
-    Columns: layer, head, dst_pos, dst_token, rank, src_pos, src_token, weight. Default checkpoint:
-    attn-only-2l."""
+    Default checkpoint: attn-only-2l."""
     from .analyses.residual import attention as run_attention
 
     _positive("--top", k)
@@ -629,10 +620,8 @@ def neurons(opts: Options, k: Top = 10,
 
     Neurons are L.N words (layer.neuron): the top -k tokens of each. --all: every neuron of the --layer
     layers, streamed. Otherwise a census: one row per neuron, the -k most token-like per layer, by the
-    z-score of its top logit over its own row (exact). Columns: layer, neuron, side, rank, token_id, token,
-    value; census: layer, neuron, side, rank, z_score, top_id, top_value, mean, std, in_norm, gate_norm (gated),
-    out_norm, top_tokens. in/gate are the direct-path part of the input only. See
-    docs/commands/neurons.md. Default checkpoint: gpt2-2l."""
+    z-score of its top logit over its own row (exact). in/gate are the direct-path part of the input only
+    (docs/commands.md, neurons). Default checkpoint: gpt2-2l."""
     from .analyses import neurons as nr
     from .output.progress import progress
 

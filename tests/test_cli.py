@@ -174,7 +174,6 @@ def test_columns_sort_limit_equal_the_same_done_by_hand(attn_only_dir, args):
 
 
 def test_help_has_examples_short_summaries_and_h(attn_only_dir):
-    from tcli.cli import app
 
     top = invoke("-h").stdout
     for name in ("bigram", "ov", "qk", "skiptrigram", "heads", "compose", "decompose", "lens", "report"):

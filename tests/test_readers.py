@@ -9,11 +9,9 @@ double quote quoted as the csv module does. The token columns read back are undo
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 

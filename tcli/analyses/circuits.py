@@ -70,7 +70,8 @@ def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
 
 def check_offset(cfg, offset: int) -> None:
     if offset and cfg.positional != "rotary":
-        raise InputError("--offset applies to rotary models only", f"this {cfg.family} model has {cfg.positional} positions")
+        raise InputError("--offset applies to rotary models only",
+                         f"this {cfg.family} model has {cfg.positional} positions")
 
 
 def qk(w, l: int, h: int, offset: int = 0) -> Factored:

@@ -5,7 +5,8 @@ For h1 in layer l1 < l2 and h2 in l2, with A = W_OV^{h1} = W_V W_O [d, d] (row v
   score = ‖A B‖_F / (‖A‖_F ‖B‖_F).
 With B = X Y per head and e × e roots R_V (R_VᵀR_V = W_VᵀW_V) and R_Y (R_YᵀR_Y = Y Yᵀ),
   ‖W_V W_O X Y‖_F = ‖(R_V W_O)(X R_Yᵀ)‖_F,
-so all head pairs of a layer pair come from one [H·e, d] @ [d, H·e] product (layer_factors). Baseline: the mean score of BASELINE_SAMPLES pairs of random Gaussian matrices
+so all head pairs of a layer pair come from one [H·e, d] @ [d, H·e] product (layer_factors).
+Baseline: the mean score of BASELINE_SAMPLES pairs of random Gaussian matrices
 with the same factor shapes ([d, e] @ [e, d]; the score ignores norms), seed 0.
 """
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..output.table import Figure, Table
+from .. import columns
 
-COLUMNS = ["kind", "layer1", "head1", "layer2", "head2", "score", "baseline"]
+COLUMNS = columns.COMPOSE
 BASELINE_SAMPLES = 16
 
 

@@ -16,10 +16,9 @@ import numpy as np
 from ..core.factored import copying_score, effective_rank, svdvals_from_grams
 from ..output.table import Table
 from .behaviour import head_scores
+from .. import columns
 
-COLUMNS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
-           "ov_top_singular_value", "ov_effective_rank", "prev_token_score", "induction_score",
-           "wov_frobenius", "wqk_frobenius"]
+COLUMNS = columns.HEADS
 
 
 SHORT = {"layer": "L", "head": "H", "copying_score": "copy", "wov_copying_score": "wov_copy", "ov_frobenius": "ov_F",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..output.table import Table
+from .. import columns
 
-INFO_COLUMNS = ["family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx",
-                "norm", "positional", "act_fn", "attn_only", "parallel_attn_mlp", "tied_embeddings", "dtype",
-                "processing", "tokenizer", "n_params", "norm_placement", "rotary_dim", "rotary_base", "unembed",
-                "compute_dtype", "path"]
+INFO_COLUMNS = columns.INFO
 
 
 def info_record(ckpt, w) -> dict:
@@ -39,4 +37,4 @@ def info_table(ckpt, w) -> Table:
 
 def tensors_table(ckpt) -> Table:
     rows = [(i.name, i.dtype, "x".join(map(str, i.shape)), int(np.prod(i.shape))) for i in ckpt.tensor_infos()]
-    return Table.from_rows(["name", "dtype", "shape", "n_params"], rows, title=f"{ckpt.path}: tensors")
+    return Table.from_rows(columns.TENSORS, rows, title=f"{ckpt.path}: tensors")

@@ -34,11 +34,10 @@ from ..core.factored import Factored
 from ..core.stream import topk_rows
 from ..errors import InputError
 from ..output.table import Table
+from .. import columns
 
 SIDES = ("out", "in", "gate")
-NEURON_COLUMNS = ["layer", "neuron", "side", "rank", "token_id", "token", "value"]
-CENSUS_COLUMNS = ["layer", "neuron", "side", "rank", "z_score", "top_id", "top_value", "mean", "std", "in_norm",
-                  "gate_norm", "out_norm", "top_tokens"]  # gate_norm: gated MLPs only
+NEURON_COLUMNS, CENSUS_COLUMNS = columns.NEURONS, columns.CENSUS  # census gate_norm: gated MLPs only
 CENSUS_TOKENS = 5  # tokens listed in the census column top_tokens
 
 

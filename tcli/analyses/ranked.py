@@ -14,10 +14,9 @@ from ..core.factored import Factored
 from ..core.stream import global_topk, select_topk, topk_rows
 from ..output.table import Table
 from . import circuits
+from .. import columns
 
-BIGRAM_COLUMNS = ["src_id", "src_token", "rank", "dst_id", "dst_token", "value"]
-OV_COLUMNS = ["layer", "head", "src_id", "src_token", "rank", "out_id", "out_token", "value"]
-QK_COLUMNS = ["layer", "head", "query_id", "query_token", "rank", "key_id", "key_token", "value"]
+BIGRAM_COLUMNS, OV_COLUMNS, QK_COLUMNS = columns.BIGRAM, columns.OV, columns.QK
 
 
 def ranked_chunks(F: Factored, names: tuple[str, str, str, str], strings, k: int = 10, rows=None,

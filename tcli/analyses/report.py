@@ -18,7 +18,8 @@ MAX_HEADS = 12  # heads shown in the per-head sections (the strongest by OV norm
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
 th{background:#f4f4f4}td.t{text-align:left;font-family:monospace;white-space:pre}
 .grid td{width:18px;height:18px;padding:0;border:1px solid #fff}.flex{display:flex;flex-wrap:wrap;gap:1.5em}
 .card{border:1px solid #ddd;border-radius:6px;padding:.5em 1em}small{color:#666}
@@ -68,7 +69,8 @@ def heatmap(grid: np.ndarray, rows: list[str], cols: list[str]) -> str:
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     out = ['<table class="grid"><tr><th></th>' + "".join(f"<th><small>{c}</small></th>" for c in cols) + "</tr>"]
     for r, label in enumerate(rows):
-        cells = "".join(f'<td title="{label} → {cols[c]}: {v:.4f}" style="background:{_color((v - lo) / (hi - lo or 1))}">'
+        cells = "".join(f'<td title="{label} → {cols[c]}: {v:.4f}" '
+                        f'style="background:{_color((v - lo) / (hi - lo or 1))}">'
                         "</td>" for c, v in enumerate(grid[r]))
         out.append(f"<tr><th><small>{label}</small></th>{cells}</tr>")
     return "".join(out) + f"</table><small>{lo:.3g} (dark) … {hi:.3g} (light)</small>"

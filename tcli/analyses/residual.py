@@ -20,11 +20,11 @@ import numpy as np
 from ..errors import InputError
 from ..forward import Cache, Norm, run
 from ..output.table import Figure, Table
+from .. import columns
 
-DECOMPOSE_COLUMNS = ["component", "layer", "head", "value", "label"]
-LENS_COLUMNS = ["layer", "position", "rank", "token_id", "token", "logit"]
+DECOMPOSE_COLUMNS, LENS_COLUMNS = columns.DECOMPOSE, columns.LENS
 HEATMAPS = 8  # attention heatmaps drawn in table mode (all of them go to --plot)
-ATTENTION_COLUMNS = ["layer", "head", "dst_pos", "dst_token", "rank", "src_pos", "src_token", "weight"]
+ATTENTION_COLUMNS = columns.ATTENTION
 
 
 def check_prompt(cfg, tokens) -> np.ndarray:
@@ -39,7 +39,8 @@ def check_prompt(cfg, tokens) -> np.ndarray:
 def check_position(position: int, T: int) -> int:
     p = position + T if position < 0 else position
     if not 0 <= p < T:
-        raise InputError(f"position {position} out of range for a prompt of {T} tokens (0 … {T - 1}, or -1 for the last)")
+        raise InputError(f"position {position} out of range for a prompt of {T} tokens",
+                         f"0 … {T - 1}, or -1 for the last")
     return p
 
 

@@ -20,9 +20,9 @@ import numpy as np
 from ..core.stream import block_rows, select_topk
 from ..output.table import Table
 from . import circuits
+from .. import columns
 
-COLUMNS = ["layer", "head", "rank", "src_id", "src_token", "dst_id", "dst_token", "out_id", "out_token",
-           "qk", "ov", "score"]
+COLUMNS = columns.SKIPTRIGRAM
 
 
 def top_triples(QK, OV, n: int, sources=None, progress=None):

@@ -2,7 +2,8 @@
 
 Singular values come from QR of the thin factors and the SVD of the small core, never from a
 vocab × vocab matrix; the vocabulary-sized QRs of W_E and W_Uᵀ are done once per model
-(circuits.embedding_cores), so each head costs d_model-sized work. Eigenvalues of a square circuit A B are the nonzero ones of B A [r, r].
+(circuits.embedding_cores), so each head costs d_model-sized work.
+Eigenvalues of a square circuit A B are the nonzero ones of B A [r, r].
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from ..core.factored import effective_rank
 from ..errors import InputError
 from ..output.table import Figure, Table
 from . import circuits
+from .. import columns
 
-COLUMNS = ["circuit", "layer", "head", "index", "singular_value", "cumulative_variance"]
-EIGEN_COLUMNS = ["circuit", "layer", "head", "index", "real", "imag", "abs"]
+COLUMNS, EIGEN_COLUMNS = columns.SPECTRUM, columns.EIGEN
 
 
 def spectrum(w, circuit: str, heads, k: int | None = None, eigen: bool = False, top: int = 5) -> Table:

@@ -42,7 +42,8 @@ def resolve(model_id: str, revision: str | None = None, cache: str | os.PathLike
     folder = root / ("models--" + repo.replace("/", "--"))
     if not folder.is_dir():
         raise CheckpointError(f"{repo} is not in the Hugging Face cache ({root}) and tcli does not download",
-                              f"fetch it with: hf download {repo}" + (f" --revision {revision}" if revision != "main" else ""))
+                              f"fetch it with: hf download {repo}"
+                              + (f" --revision {revision}" if revision != "main" else ""))
     ref = folder / "refs" / revision
     commit = ref.read_text().strip() if ref.is_file() else revision
     snapshot = folder / "snapshots" / commit

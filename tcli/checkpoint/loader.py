@@ -289,7 +289,8 @@ class Weights:
         if "index" in rule:
             arr = arr[rule["index"]]
         if last in ("W_K", "W_V", "b_K", "b_V") and arr.shape[:1] == (self.cfg.n_kv_heads,) != (self.cfg.n_heads,):
-            arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)  # query head h uses KV head h // group
+            # query head h uses KV head h // group
+            arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)
         if arr.shape != shape:
             raise CheckpointError(f"tensor {src} has shape {list(arr.shape)}, expected {list(shape)} for {name}")
         arr = widen(arr, file.infos[src].dtype, self.dtype)

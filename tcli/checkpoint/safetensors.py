@@ -160,5 +160,6 @@ def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             f"{path}: truncated safetensors file (tensor data needs {base + cursor} bytes, file has {size})"
         )
     if base + cursor < size:
-        raise CheckpointError(f"{path}: invalid safetensors file ({size - base - cursor} trailing bytes after the data)")
+        raise CheckpointError(f"{path}: invalid safetensors file "
+                              f"({size - base - cursor} trailing bytes after the data)")
     return infos, metadata

@@ -210,8 +210,8 @@ def write_table(table: Table, fh, color: bool | None = None, width: int | None =
                    pad_edge=False)
     for c, h in zip(table.columns[:n_fit], headers[:n_fit]):
         record_value = table.record and c == "value"
-        rt.add_column(Text(h), justify="right" if c in numeric and not table.record else "left", no_wrap=not record_value,
-                      overflow="fold")
+        right = c in numeric and not table.record
+        rt.add_column(Text(h), justify="right" if right else "left", no_wrap=not record_value, overflow="fold")
     if bar_i is not None:
         rt.add_column("", justify="left", no_wrap=True)
         top = max((abs(r[bar_i]) for r in rows if isinstance(r[bar_i], (int, float))), default=0) or 1.0
@@ -255,7 +255,6 @@ def _primed(table: Table) -> Table:
 def select(table: Table, columns: list[str] | None = None, sort: str | None = None, limit: int | None = None) -> Table:
     """``--columns a,b`` (those columns, in that order), ``--sort COL`` (ascending; ``-COL`` descending,
     missing values last) and ``--limit N`` (the first N rows after sorting) on any table."""
-    import itertools
 
     if columns:
         bad = [c for c in columns if c not in table.columns]

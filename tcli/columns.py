@@ -1,0 +1,52 @@
+"""The columns of every table, in one place: the analyses build their tables from these lists, and the
+help texts and docs/commands.md are generated from them (``tools/gen_docs.py``; CI checks the docs).
+
+Light on purpose (no numpy): the CLI reads it to write ``--help``.
+"""
+
+INFO = ["family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "norm",
+        "positional", "act_fn", "attn_only", "parallel_attn_mlp", "tied_embeddings", "dtype", "processing",
+        "tokenizer", "n_params", "norm_placement", "rotary_dim", "rotary_base", "unembed", "compute_dtype", "path"]
+TENSORS = ["name", "dtype", "shape", "n_params"]
+BIGRAM = ["src_id", "src_token", "rank", "dst_id", "dst_token", "value"]
+OV = ["layer", "head", "src_id", "src_token", "rank", "out_id", "out_token", "value"]
+QK = ["layer", "head", "query_id", "query_token", "rank", "key_id", "key_token", "value"]
+SKIPTRIGRAM = ["layer", "head", "rank", "src_id", "src_token", "dst_id", "dst_token", "out_id", "out_token",
+               "qk", "ov", "score"]
+SPECTRUM = ["circuit", "layer", "head", "index", "singular_value", "cumulative_variance"]
+EIGEN = ["circuit", "layer", "head", "index", "real", "imag", "abs"]
+HEADS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
+         "ov_top_singular_value", "ov_effective_rank", "prev_token_score", "induction_score", "wov_frobenius",
+         "wqk_frobenius"]
+COMPOSE = ["kind", "layer1", "head1", "layer2", "head2", "score", "baseline"]
+DECOMPOSE = ["component", "layer", "head", "value", "label"]
+LENS = ["layer", "position", "rank", "token_id", "token", "logit"]
+ATTENTION = ["layer", "head", "dst_pos", "dst_token", "rank", "src_pos", "src_token", "weight"]
+NEURONS = ["layer", "neuron", "side", "rank", "token_id", "token", "value"]
+CENSUS = ["layer", "neuron", "side", "rank", "z_score", "top_id", "top_value", "mean", "std", "in_norm",
+          "gate_norm", "out_norm", "top_tokens"]  # gate_norm: gated MLPs only
+
+# command -> [(when, columns)]: the first entry is the default table
+TABLES = {
+    "info": [("", INFO), ("--tensors", TENSORS)],
+    "bigram": [("", BIGRAM)],
+    "ov": [("", OV)],
+    "qk": [("", QK)],
+    "skiptrigram": [("", SKIPTRIGRAM)],
+    "spectrum": [("", SPECTRUM), ("--eigen", EIGEN)],
+    "heads": [("", HEADS)],
+    "compose": [("", COMPOSE)],
+    "decompose": [("", DECOMPOSE)],
+    "lens": [("", LENS)],
+    "attention": [("", ATTENTION)],
+    "neurons": [("named neurons, --all", NEURONS), ("the census", CENSUS)],
+}
+
+
+def describe(command: str) -> str:
+    """One sentence naming a command's columns, for its --help and docs/commands.md."""
+    parts = []
+    for when, cols in TABLES[command]:
+        listed = ", ".join(cols)
+        parts.append(f"{when}: {listed}" if when else listed)
+    return "Columns: " + "; ".join(parts) + "."
