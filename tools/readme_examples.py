@@ -111,6 +111,7 @@ COMMAND_EXAMPLES = {
     "decompose": "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' --target ' wind'",
     "lens": "tcli lens --prompt 'First Citizen: Before we proceed' --position -1 -k 3",
     "attention": "tcli attention --prompt 'A B C D E F A B C D E F' --head 1.{induction_head} --position -1 -k 3",
+    "neurons": "tcli neurons -k 3",
 }
 
 
