@@ -150,6 +150,7 @@ class Options:
                              f"{' '.join(f'{l}.{h}' for l, h in self.heads)})")
         self.sample = sample
         self.keep_logits = False  # decompose/lens: logits equal to the unprocessed model's
+        self.notes: list[str] = []  # said on stderr once the analysis has passed its input checks
         self._loaded = None
 
     def load(self):
@@ -182,6 +183,8 @@ class Options:
         from .output.render import render, select
 
         table = select(table, self.columns, self.sort, self.limit)
+        for note in self.notes:
+            print(note, file=sys.stderr)
         if plot:
             from .output.mpl import save_figures
 
@@ -225,7 +228,14 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            import numpy as np
+
+            with np.errstate(over="raise", invalid="raise"):  # inf/NaN never reach a ranking
+                return fn(*args, **kwargs)
+        except FloatingPointError as exc:
+            print(f"tcli: error: the computation overflowed ({exc}): the weights are too large for "
+                  "float32 (try --dtype float64)", file=sys.stderr)
+            raise typer.Exit(2) from None
         except TcliError as exc:
             print(f"tcli: error: {exc}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
@@ -525,7 +535,14 @@ def _prompt(opts: Options, prompt: str | None, ids: str | None) -> list[int]:
     _, _, vocab = opts.load()
     if (prompt is None) == (ids is None):
         raise InputError("give the prompt with --prompt TEXT or --ids 1,2,3 (one of them)")
-    return vocab.parse_ids(ids) if ids is not None else vocab.encode(prompt)
+    if ids is not None:
+        return vocab.parse_ids(ids)
+    tokens = vocab.encode(prompt, specials=True)
+    if vocab.added:
+        shown = ", ".join(f"{t} at {i}" for i, t in vocab.added)
+        opts.notes.append(f"note: the tokenizer added special tokens as for one input: {shown} "
+                          "(--ids gives exact ids)")
+    return tokens
 
 
 @command("Direct logit attribution of one logit on a prompt.",

@@ -100,18 +100,19 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
                            notes=notes, bar="value")
 
 
-def lens_logits(w, cache: Cache) -> list[tuple[int, np.ndarray]]:
-    """(layer, logits [T, V]) of the residual stream after the embeddings (layer −1) and each block,
-    decoded through the final norm computed afresh on that residual (its own scale)."""
+def lens_logits(w, cache: Cache, positions=None):
+    """Yield (layer, logits [T', V]) of the residual stream after the embeddings (layer −1) and each
+    block at ``positions`` (default all), decoded through the final norm computed afresh on that
+    residual (its own scale). One layer at a time: memory O(T' · V), not O(L · T · V)."""
     from ..forward import norm
 
     cfg = w.cfg
-    out = []
     for layer, x in [(-1, cache.resid_embed)] + list(enumerate(cache.resid_post)):
+        if positions is not None:
+            x = x[positions]
         if cache.final_norm is not None:
             x, _ = norm(cfg, x, w["ln_final.w"], w["ln_final.b"])
-        out.append((layer, x @ w["unembed.W_U"] + w["unembed.b_U"]))
-    return out
+        yield layer, x @ w["unembed.W_U"] + w["unembed.b_U"]
 
 
 def lens(w, vocab, tokens, k: int = 5, position: int | None = None) -> Table:
@@ -121,14 +122,17 @@ def lens(w, vocab, tokens, k: int = 5, position: int | None = None) -> Table:
     tokens = check_prompt(cfg, tokens)
     positions = np.arange(len(tokens)) if position is None else np.array([check_position(position, len(tokens))])
     strings = np.array(vocab.strings(), dtype=object)
-    chunks = []
-    for layer, logits in lens_logits(w, run(w, tokens)):
-        vals, ids = select_topk(logits[positions], k)
-        kk = vals.shape[1]
-        chunks.append({"layer": np.full(len(positions) * kk, layer), "position": np.repeat(positions, kk),
-                       "rank": np.tile(np.arange(1, kk + 1), len(positions)), "token_id": ids.ravel(),
-                       "token": strings[ids.ravel()], "logit": vals.ravel()})
-    return Table(LENS_COLUMNS, chunks, title="Logit lens (layer -1 = embeddings)", token_columns=("token",))
+    cache = run(w, tokens)
+
+    def chunks():  # streamed: one layer's [T', V] logits at a time
+        for layer, logits in lens_logits(w, cache, positions):
+            vals, ids = select_topk(logits, k)
+            kk = vals.shape[1]
+            yield {"layer": np.full(len(positions) * kk, layer), "position": np.repeat(positions, kk),
+                   "rank": np.tile(np.arange(1, kk + 1), len(positions)), "token_id": ids.ravel(),
+                   "token": strings[ids.ravel()], "logit": vals.ravel()}
+
+    return Table(LENS_COLUMNS, chunks(), title="Logit lens (layer -1 = embeddings)", token_columns=("token",))
 
 
 def attention(w, vocab, tokens, heads, k: int = 3, position: int | None = None) -> Table:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import stat
 from dataclasses import fields
 from pathlib import Path
 
@@ -63,11 +65,13 @@ def open_checkpoint(path: str | Path | None = None, arch: str | Path | None = No
     path = resolve_default() if path is None else Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory", "pass a checkpoint directory or .safetensors file")
+    if not path.is_dir():
+        regular_file(path, "a checkpoint")
     files, folder = _safetensors_files(path)
     index: dict[str, SafetensorsFile] = {}
     metadata: dict = {}
     for file, names in files:
-        st = SafetensorsFile(file)
+        st = SafetensorsFile(regular_file(file, "a safetensors file"))
         metadata.update(st.metadata)
         for name in (names if names is not None else st.infos):
             if name not in st.infos:
@@ -81,7 +85,67 @@ def open_checkpoint(path: str | Path | None = None, arch: str | Path | None = No
         spec = detect(raw_config, index.keys())
     config = build_config(spec, raw_config)
     tok = folder / "tokenizer.json"
-    return Checkpoint(path, config, spec, index, tok if tok.exists() else None, raw_config)
+    ckpt = Checkpoint(path, config, spec, index, regular_file(tok, "tokenizer.json") if tok.exists() else None,
+                      raw_config)
+    check_against_tensors(ckpt)
+    return ckpt
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file (or a link to one): a FIFO would block forever, a directory or
+    device cannot be read as ``what``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+        raise CheckpointError(f"{path}: a {kind}, not a regular file ({what} must be a file)")
+    return path
+
+
+def _layer_ids(ckpt: Checkpoint) -> set[int]:
+    """The layer indices that the checkpoint's per-layer tensors (the spec's ``{l}`` sources) name."""
+    layers: set[int] = set()
+    regexes = []
+    for rule in ckpt.spec.tensors.values():
+        froms = rule.get("from") or []
+        for src in ([froms] if isinstance(froms, str) else list(froms)) + [rule.get("tied") or ""]:
+            if "{l}" in src:
+                regexes.append(re.compile("(?:" + "|".join(map(re.escape, ("",) + tuple(ckpt.spec.prefixes)))
+                                          + ")" + re.escape(src).replace(r"\{l\}", r"(\d+)") + "$"))
+    for name in ckpt.index:
+        for rx in regexes:
+            m = rx.match(name)
+            if m:
+                layers.add(int(m.group(1)))
+                break
+    return layers
+
+
+def check_against_tensors(ckpt: Checkpoint) -> None:
+    """Config values that contradict the file are an error, found before anything is allocated: the
+    number of layers against the layer tensors present, the embedding's [d_vocab, d_model] against the
+    stored embedding, and MLP weights in the file of a config without MLPs."""
+    cfg = ckpt.config
+    layers = _layer_ids(ckpt)
+    if layers and (max(layers) + 1 != cfg.n_layers or len(layers) != cfg.n_layers):
+        raise CheckpointError(f"the config says n_layers={cfg.n_layers} but the checkpoint holds tensors for "
+                              f"{len(layers)} layers ({min(layers)}…{max(layers)})")
+    if not layers and cfg.n_layers and any("{l}" in t for t in ckpt.spec.tensors):
+        raise CheckpointError(f"the config says n_layers={cfg.n_layers} but the checkpoint holds no layer tensors")
+    w = Weights(ckpt)
+    rule, _ = w._rule("embed.W_E")
+    src = w._source(rule, None) if rule else None
+    if src is not None:
+        stored = math.prod(ckpt.index[src].infos[src].shape)
+        if stored != cfg.d_vocab * cfg.d_model:
+            raise CheckpointError(f"tensor {src} has shape {list(ckpt.index[src].infos[src].shape)}, which "
+                                  f"contradicts the config (d_vocab={cfg.d_vocab}, d_model={cfg.d_model})")
+    if cfg.n_layers and (cfg.attn_only or not cfg.d_mlp) and "blocks.0.mlp.W_in" in w \
+            and w._source(w._rule("blocks.0.mlp.W_in")[0], 0) is not None:
+        raise CheckpointError("the config has no MLPs (d_mlp 0 or attention-only) but the checkpoint holds MLP "
+                              "weights", "fix the config's intermediate size")
 
 
 def _safetensors_files(path: Path) -> tuple[list[tuple[Path, list[str] | None]], Path]:
@@ -105,14 +169,24 @@ def _safetensors_files(path: Path) -> tuple[list[tuple[Path, list[str] | None]],
                           "pass one file, or add the index")
 
 
+def _shard_name(index_path: Path, file) -> str:
+    """A shard named by an index must be a plain relative name inside the checkpoint folder: no absolute
+    path, no ``..``, no backslash or NUL (the file is not opened otherwise, nor its bytes shown)."""
+    parts = Path(file).parts if isinstance(file, str) else ()
+    if (not isinstance(file, str) or not file or "\\" in file or "\x00" in file or Path(file).is_absolute()
+            or any(p in ("..", ".") for p in parts)):
+        raise CheckpointError(f"{index_path.name}: shard name {str(file)[:80]!r} is not a file name inside the "
+                              "checkpoint folder")
+    return file
+
+
 def _shards(index_path: Path) -> list[tuple[Path, list[str]]]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{index_path}: not a valid safetensors index (needs a 'weight_map')") from None
+    weight_map = _read_json(regular_file(index_path, "a safetensors index")).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: not a valid safetensors index (needs a non-empty 'weight_map' object)")
     by_file: dict[str, list[str]] = {}
     for name, file in weight_map.items():
-        by_file.setdefault(file, []).append(name)
+        by_file.setdefault(_shard_name(index_path, file), []).append(name)
     out = []
     for file, names in sorted(by_file.items()):
         shard = index_path.parent / file
@@ -123,10 +197,18 @@ def _shards(index_path: Path) -> list[tuple[Path, list[str]]]:
 
 
 def _read_json(path: Path) -> dict:
+    regular_file(path, "a JSON file")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"{path}: not valid JSON") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(":")[0]
+        raise CheckpointError(f"{path}: not valid JSON ({detail})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -135,17 +217,20 @@ def _read_json(path: Path) -> dict:
 def _raw_config(path: Path, folder: Path, metadata: dict) -> dict:
     if "config" in metadata:
         try:
-            return json.loads(metadata["config"])
-        except ValueError:
+            data = json.loads(metadata["config"])
+        except (ValueError, RecursionError):
             raise CheckpointError(f"{path}: __metadata__ 'config' is not JSON") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: __metadata__ 'config' is not a JSON object")
+        return data
     if (folder / "config.json").exists():
         return _read_json(folder / "config.json")
     if (folder / "tcli.yaml").exists():
         import yaml
 
         try:
-            data = yaml.safe_load((folder / "tcli.yaml").read_text())
-        except yaml.YAMLError:
+            data = yaml.safe_load(regular_file(folder / "tcli.yaml", "tcli.yaml").read_text())
+        except (yaml.YAMLError, RecursionError, UnicodeDecodeError):
             raise CheckpointError(f"{folder / 'tcli.yaml'}: not valid YAML") from None
         return data if isinstance(data, dict) else {}
     return {}
@@ -196,7 +281,45 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
     if extras.get("sliding_window") and values.get("positional") == "rotary":
         extras["sliding_window"] = int(extras["sliding_window"])
     values["family"] = spec.family
-    return ModelConfig(**values, extras=extras)
+    return validate_config(ModelConfig(**values, extras=extras))
+
+
+INTS = {"n_layers": 0, "n_heads": 1, "d_model": 1, "d_head": 1, "d_vocab": 1, "n_ctx": 1, "n_kv_heads": 1,
+        "d_mlp": 0, "rotary_dim": 0, "n_token_types": 0}
+POSITIVE_FLOATS = ("eps", "rotary_base", "rotary_scale")
+BOOLS = ("gated_mlp", "attn_only", "parallel_attn_mlp", "tied_embeddings", "causal", "final_norm", "embed_norm")
+CHOICES = {"norm": ("layernorm", "rmsnorm", "none"), "norm_placement": ("pre", "post"),
+           "positional": ("learned", "rotary", "none")}
+MAX_DIM = 1 << 31  # no tensor dimension of a real checkpoint comes near this
+
+
+def validate_config(cfg: ModelConfig) -> ModelConfig:
+    """Every config value by type and range: integers as integers within bounds, positive finite eps,
+    rotary base and scale, booleans as booleans (not the string "false"), known names for the kinds."""
+    def bad(key, value, want):
+        raise CheckpointError(f"config value {key}={value!r} must be {want}")
+
+    for key, low in INTS.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v < MAX_DIM:
+            bad(key, v, f"an integer ≥ {low}")
+    if cfg.n_kv_heads > cfg.n_heads:
+        bad("n_kv_heads", cfg.n_kv_heads, f"at most n_heads={cfg.n_heads}")
+    for key in POSITIVE_FLOATS:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            bad(key, v, "a positive finite number")
+    for key in BOOLS:
+        if not isinstance(getattr(cfg, key), bool):
+            bad(key, getattr(cfg, key), "true or false")
+    for key, names in CHOICES.items():
+        if getattr(cfg, key) not in names:
+            bad(key, getattr(cfg, key), "one of " + ", ".join(names))
+    window = cfg.extras.get("sliding_window")
+    if window is not None and window is not False and (isinstance(window, bool) or not isinstance(window, int)
+                                                         or window <= 0):
+        bad("sliding_window", window, "a positive integer (or null)")
+    return cfg
 
 
 def nonfinite(arr: np.ndarray, chunk: int = 1 << 24) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError
@@ -19,10 +22,13 @@ class Vocab:
         if tokenizer_path is not None:
             from tokenizers import Tokenizer
 
-            try:
+            with guarded(f"{tokenizer_path}: cannot read tokenizer"):
                 self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-            except Exception as exc:  # the tokenizers library raises plain Exceptions
-                raise CheckpointError(f"{tokenizer_path}: cannot read tokenizer ({str(exc).splitlines()[0]})") from None
+            # an input is tokenized as the model's own library does for one text: no padding to a fixed
+            # length and no silent truncation (a prompt longer than the context is an error later)
+            self.tokenizer.no_padding()
+            self.tokenizer.no_truncation()
+        self.added: list[tuple[int, str]] = []  # special tokens the last encode() added: (position, token)
 
     @property
     def has_tokenizer(self) -> bool:
@@ -36,7 +42,8 @@ class Vocab:
             else:
                 n = self.tokenizer.get_vocab_size(with_added_tokens=True)
                 ids = [[i] for i in range(min(n, self.d_vocab))]
-                decoded = self.tokenizer.decode_batch(ids, skip_special_tokens=False)
+                with guarded("cannot decode the vocabulary"):
+                    decoded = self.tokenizer.decode_batch(ids, skip_special_tokens=False)
                 raw = _raw_bytes(self.tokenizer)
                 for i, text in enumerate(decoded):
                     if "\ufffd" in text and raw is not None:
@@ -67,10 +74,16 @@ class Vocab:
             raise InputError(f"{spec!r} is not one token: it encodes to {shown}", "pass one of them as #ID")
         return ids[0]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, specials: bool = False) -> list[int]:
+        """Token ids of ``text``. ``specials``: with the special tokens the tokenizer's post-processor adds
+        for one input (BERT's [CLS] … [SEP], Llama's BOS), as the model saw them in training; which were
+        added is kept in ``self.added``."""
         if self.tokenizer is None:
             raise InputError("this checkpoint has no tokenizer.json", "give token ids with --ids 1,2,3")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        with guarded(f"cannot tokenize {text[:40]!r}"):
+            enc = self.tokenizer.encode(text, add_special_tokens=specials)
+        ids = enc.ids
+        self.added = [(i, enc.tokens[i]) for i, m in enumerate(enc.special_tokens_mask) if m] if specials else []
         bad = [i for i in ids if i >= self.d_vocab]
         if bad:
             raise InputError(f"the tokenizer produced id {bad[0]}, outside the model's vocabulary of {self.d_vocab}")
@@ -136,3 +149,25 @@ def _raw_bytes(tokenizer):
             return bytes([int(m.group(1), 16)]) if m else None
         return raw
     return None
+
+
+@contextlib.contextmanager
+def guarded(what: str):
+    """Run a tokenizers call with its errors as one CheckpointError line: Python exceptions, and Rust
+    panics (``pyo3_runtime.PanicException``, a BaseException), whose message and backtrace the Rust runtime
+    writes to file descriptor 2 itself: that is captured here and only its first line kept."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as exc:
+            if type(exc).__name__ == "Terminated":
+                raise
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{what} ({reason})") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
