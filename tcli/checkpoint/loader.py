@@ -19,6 +19,7 @@ from .spec import FamilySpec, detect, load_spec, read_config, rearrange
 ACT_ALIASES = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new",
                "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
 DEFAULT_SAMPLE = "attn-only-1l"
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # weights must be stored as one of these
 
 
 def sample_dir() -> Path:
@@ -248,12 +249,17 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
     values = read_config(spec, raw)
     names = {f.name for f in fields(ModelConfig)}
     extras = {k: values.pop(k) for k in list(values) if k not in names}
-    for key in ("n_layers", "n_heads", "d_model", "d_vocab", "n_ctx"):
-        low = 0 if key == "n_layers" else 1
-        if not isinstance(values.get(key), int) or isinstance(values[key], bool) or values[key] < low:
-            raise CheckpointError(f"config value {key}={values.get(key)!r} must be an integer ≥ {low}")
+    for key in ("n_layers", "n_heads", "d_model", "d_vocab", "n_ctx", "d_head", "n_kv_heads", "d_mlp", "rotary_dim"):
+        optional = key not in ("n_layers", "n_heads", "d_model", "d_vocab", "n_ctx")
+        if optional and values.get(key) is None:
+            values.pop(key, None)
+            continue
+        low = 0 if key in ("n_layers", "d_mlp", "rotary_dim") else 1
+        v = values.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v < MAX_DIM:
+            raise CheckpointError(f"config value {key}={str(v)[:40]!r} must be an integer ≥ {low}")
     values.setdefault("d_head", values["d_model"] // values["n_heads"])
-    act = ACT_ALIASES.get(str(values.get("act_fn", "gelu_new")))
+    act = ACT_ALIASES.get(values.get("act_fn", "gelu_new")) if isinstance(values.get("act_fn", ""), str) else None
     if act not in ACT_FNS:
         raise CheckpointError(f"unsupported activation '{values.get('act_fn')}'",
                               f"tcli computes {', '.join(sorted(ACT_ALIASES))}")
@@ -275,11 +281,12 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
         if isinstance(scaling, dict):
             kind = scaling.get("rope_type", scaling.get("type", "default"))
             if kind == "linear":
-                values["rotary_scale"] = float(scaling["factor"])
+                factor = scaling.get("factor")
+                if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+                    raise CheckpointError(f"config value rope_scaling.factor={str(factor)[:40]!r} must be a number")
+                values["rotary_scale"] = float(factor)
             elif kind not in (None, "default"):
                 raise CheckpointError(f"unsupported RoPE scaling '{kind}'", "tcli computes default and linear RoPE")
-    if extras.get("sliding_window") and values.get("positional") == "rotary":
-        extras["sliding_window"] = int(extras["sliding_window"])
     values["family"] = spec.family
     return validate_config(ModelConfig(**values, extras=extras))
 
@@ -401,6 +408,8 @@ class Weights:
             wanted = rule.get("from") or rule.get("tied")
             raise CheckpointError(f"checkpoint has no tensor {wanted!r} (needed for {name})".replace("{l}", str(layer)))
         file = self.ckpt.index[src]
+        if file.infos[src].dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"tensor {src} is stored as {file.infos[src].dtype}, not as floating point weights")
         arr = file.read_storage(src)  # memory-mapped; rearranged in its stored (narrower) type, then widened
         if "rearrange" in rule:
             sizes = dict(h=self.cfg.n_heads, k=self.cfg.n_kv_heads, e=self.cfg.d_head, d=self.cfg.d_model,

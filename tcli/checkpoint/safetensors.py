@@ -132,8 +132,8 @@ def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{path}: invalid safetensors header entry for tensor '{name}'") from None
-        if dtype not in DTYPES:
-            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {str(dtype)[:20]!r}")
         if not all(isinstance(s, int) and s >= 0 for s in shape) or not (
             isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
         ):

@@ -74,6 +74,7 @@ def load_spec(path: str | Path) -> FamilySpec:
     """Read a family YAML (resolving ``extends`` against the built-in families)."""
     path = Path(path)
     data = _load_yaml(path)
+    check_spec(data, path)
     if "extends" in data:
         parent = builtin_spec(data["extends"])
         base = {"family": parent.family, "detect": parent.detect, "prefixes": list(parent.prefixes),
@@ -88,6 +89,70 @@ def load_spec(path: str | Path) -> FamilySpec:
         tensors=data.get("tensors") or {},
         source=str(path),
     )
+
+
+SPEC_KEYS = {"family", "extends", "detect", "prefixes", "config", "fixed", "tensors", "values"}
+RULE_KEYS = {"from", "tied", "rearrange", "index", "missing"}
+CONFIG_KEYS = {"keys", "default", "map"}
+SCALARS = (str, int, float, bool, type(None))
+
+
+def check_spec(data: dict, path: Path) -> None:
+    """The shape of a family spec, checked before any of it is used: each section's type, each tensor
+    rule's keys and value types, each config rule's keys. Unknown keys are errors (no silent typos)."""
+    def bad(where: str, want: str):
+        raise InputError(f"architecture file {path}: {where} must be {want}", "see docs/families.md")
+
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        bad(f"key {sorted(unknown)[0]!r}", "one of " + ", ".join(sorted(SPEC_KEYS)))
+    if not isinstance(data.get("family", ""), str) or not isinstance(data.get("extends", ""), str):
+        bad("family and extends", "names")
+    detect = data.get("detect") or {}
+    if not isinstance(detect, dict) or not all(_names(v, single=False) for v in detect.values()):
+        bad("detect", "a mapping of lists of names")
+    if not _names(data.get("prefixes") or [], single=False):
+        bad("prefixes", "a list of strings")
+    for section in ("config", "fixed", "tensors", "values"):
+        if not isinstance(data.get(section) or {}, dict):
+            bad(section, "a mapping")
+    for name, value in (data.get("fixed") or {}).items():
+        if not isinstance(value, SCALARS):
+            bad(f"fixed.{name}", "a number, name or true/false")
+    for name, rule in (data.get("config") or {}).items():
+        _check_config_rule(name, rule, bad)
+    for name, rule in (data.get("tensors") or {}).items():
+        _check_tensor_rule(name, rule, bad)
+
+
+def _names(value, single: bool = True) -> bool:
+    """A name (if ``single``) or a list of names."""
+    return (single and isinstance(value, str)) or isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _check_config_rule(name: str, rule, bad) -> None:
+    if isinstance(rule, str):
+        return
+    if not isinstance(rule, dict) or set(rule) - CONFIG_KEYS:
+        bad(f"config.{name}", "a config key or {keys, default, map}")
+    if not _names(rule.get("keys", [])):
+        bad(f"config.{name}.keys", "a key or a list of keys")
+    if not isinstance(rule.get("default"), SCALARS) or not isinstance(rule.get("map", {}), dict):
+        bad(f"config.{name}", "a scalar default and a mapping for map")
+
+
+def _check_tensor_rule(name: str, rule, bad) -> None:
+    if not isinstance(rule, dict) or set(rule) - RULE_KEYS:
+        bad(f"tensors.{name}", "a mapping of " + ", ".join(sorted(RULE_KEYS)))
+    if not _names(rule.get("from", [])):
+        bad(f"tensors.{name}.from", "a tensor name or a list of names")
+    for key in ("tied", "rearrange"):
+        if not isinstance(rule.get(key, ""), str):
+            bad(f"tensors.{name}.{key}", "a string")
+    if "index" in rule and (not isinstance(rule["index"], int) or isinstance(rule["index"], bool)):
+        bad(f"tensors.{name}.index", "an integer")
+    if rule.get("missing", "zeros") not in ("zeros", "ones"):
+        bad(f"tensors.{name}.missing", "zeros or ones")
 
 
 @lru_cache(maxsize=None)
@@ -138,7 +203,7 @@ def evaluate(expr, names: dict):
 
     try:
         return ev(ast.parse(expr, mode="eval").body)
-    except SyntaxError:
+    except (SyntaxError, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError):
         raise InputError(f"cannot evaluate the default '{expr}' in a family spec") from None
 
 
@@ -174,7 +239,7 @@ def read_config(spec: FamilySpec, config: dict) -> dict:
             value = evaluate(rule["default"], values)
         if "map" in rule:
             mapping = rule["map"]
-            if value not in mapping:
+            if not isinstance(value, (str, int, float, bool)) or value not in mapping:
                 raise CheckpointError(f"unsupported {keys[0] if keys else field_name} '{value}' for {spec.family}",
                                       f"supported: {', '.join(map(str, mapping))}")
             value = mapping[value]

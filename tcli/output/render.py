@@ -343,12 +343,13 @@ def atomic_path(out: str | os.PathLike):
         raise InputError(f"cannot write {out}: it is a directory")
     if not target.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {target.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
-    except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror} in {target.parent}") from None
-    os.close(fd)
-    try:
+    tmp = None
+    try:  # the temporary file is made inside the try, so that a signal right after leaves nothing behind
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+        except OSError as exc:
+            raise InputError(f"cannot write {out}: {exc.strerror} in {target.parent}") from None
+        os.close(fd)
         yield tmp
         try:
             st = os.stat(target)
@@ -360,7 +361,7 @@ def atomic_path(out: str | os.PathLike):
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
