@@ -120,3 +120,34 @@ def test_weights_too_large_for_float32_stop_with_one_line(good, tmp_path, args):
 
 def test_global_is_bounded(good):
     assert_one_line_error(invoke("bigram", good, "--global", str(10**7), ok=False), "1,000,000", "--all")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("bigram", "-t", "#²"), "cannot encode token '#²'"), (("bigram", "-t", "#١٢"), "cannot encode"),
+    (("lens", "--ids", "1,²"), "comma-separated"), (("lens", "--ids", "١"), "comma-separated"),
+    (("qk", "0.0", "--positional", "-t", "#²"), "position"),
+])
+def test_odd_digits_are_not_ids(good, args, needle):
+    assert_one_line_error(invoke(args[0], good, *args[1:], ok=False), needle)
+
+
+def test_invalid_utf8_on_the_command_line(tmp_path):
+    """Bytes that are not UTF-8 in argv reach Python as lone surrogates: one line, not a crash."""
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_weights" / "attn-only-1l"
+    for args in ([b"bigram", b"-t", b"\xff\xfe"], [b"lens", str(sample).encode(), b"-p", b"ab\xffcd"]):
+        proc = subprocess.run([sys.executable.encode(), b"-m", b"tcli", *args], capture_output=True, timeout=60)
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "not valid UTF-8" in lines[0], proc.stderr
+
+
+def test_rich_markup_in_tokens_is_text(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    d = random_attn_only(tmp_path / "m", d_vocab=4)
+    vocab = {"[/]": 0, "[bold red]x": 1, "[link=http://e.com]y[/link]": 2, "\x1b]52;c;SGVsbG8=\x07": 3}
+    Tokenizer(models.WordLevel(vocab, unk_token="[/]")).save(str(d / "tokenizer.json"))
+    out = invoke("bigram", d, "--all", "-k", "1", "--format", "table", "--columns", "src_id,src_token").stdout
+    assert "[/]" in out and "[bold␣red]x" in out and "[link=http://e.com]y[/link]" in out
+    assert "\x1b" not in out and "\\x1b]52;c;SGVsbG8=\\x07" in out

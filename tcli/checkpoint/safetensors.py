@@ -101,11 +101,39 @@ class SafetensorsFile:
             pass
 
 
+def _entry(path: Path, name: str, entry, base: int) -> "TensorInfo":
+    """One header entry checked: a known dtype, a shape of non-negative ints, offsets whose span is
+    exactly the shape's byte count."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{path}: invalid safetensors header entry for tensor '{name}'") from None
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {str(dtype)[:20]!r}")
+    if not all(isinstance(s, int) and s >= 0 for s in shape) or not (
+        isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+    ):
+        raise CheckpointError(f"{path}: invalid shape or offsets for tensor '{name}'")
+    count = 1
+    for s in shape:
+        count *= s
+    if count * DTYPES[dtype][1] != end - begin:
+        raise CheckpointError(
+            f"{path}: header lies about tensor '{name}': shape {list(shape)} of {dtype} needs "
+            f"{count * DTYPES[dtype][1]} bytes, offsets give {end - begin}"
+        )
+    return TensorInfo(name, dtype, shape, base + begin, end - begin)
+
+
 def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     size = path.stat().st_size
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    with f:
         head = f.read(8)
         if len(head) < 8:
             raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
@@ -128,26 +156,8 @@ def _read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     infos: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: invalid safetensors header entry for tensor '{name}'") from None
-        if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {str(dtype)[:20]!r}")
-        if not all(isinstance(s, int) and s >= 0 for s in shape) or not (
-            isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
-        ):
-            raise CheckpointError(f"{path}: invalid shape or offsets for tensor '{name}'")
-        count = 1
-        for s in shape:
-            count *= s
-        if count * DTYPES[dtype][1] != end - begin:
-            raise CheckpointError(
-                f"{path}: header lies about tensor '{name}': shape {list(shape)} of {dtype} needs "
-                f"{count * DTYPES[dtype][1]} bytes, offsets give {end - begin}"
-            )
-        infos[name] = TensorInfo(name, dtype, shape, base + begin, end - begin)
-        spans.append((begin, end, name))
+        infos[name] = info = _entry(path, name, entry, base)
+        spans.append((info.start - base, info.start - base + info.nbytes, name))
     spans.sort()
     cursor = 0
     for begin, end, name in spans:

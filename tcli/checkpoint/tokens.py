@@ -56,7 +56,8 @@ class Vocab:
 
     def token_id(self, spec: str) -> int:
         """One token: ``#464`` is an id; other text must encode to exactly one token."""
-        if spec.startswith("#") and spec[1:].isdigit():
+        check_text(spec, "--token")
+        if re.fullmatch(r"#[0-9]+", spec):
             i = int(spec[1:])
             if i >= self.d_vocab:
                 raise InputError(f"token id {i} out of range (the vocabulary has {self.d_vocab} tokens)")
@@ -80,6 +81,7 @@ class Vocab:
         added is kept in ``self.added``."""
         if self.tokenizer is None:
             raise InputError("this checkpoint has no tokenizer.json", "give token ids with --ids 1,2,3")
+        check_text(text, "the prompt")
         with guarded(f"cannot tokenize {text[:40]!r}"):
             enc = self.tokenizer.encode(text, add_special_tokens=specials)
         ids = enc.ids
@@ -91,8 +93,11 @@ class Vocab:
 
     def parse_ids(self, text: str) -> list[int]:
         """``--ids 1,2,3``: comma-separated token ids."""
+        parts = [x.strip() for x in text.split(",") if x.strip()]
         try:
-            ids = [int(x.strip().lstrip("#")) for x in text.split(",") if x.strip()]
+            if not all(re.fullmatch(r"#?[0-9]+", x) for x in parts):
+                raise ValueError(text)
+            ids = [int(x.lstrip("#")) for x in parts]
         except ValueError:
             raise InputError(f"--ids {text!r}: expected comma-separated integers such as 1,2,3") from None
         for i in ids:
@@ -171,3 +176,11 @@ def guarded(what: str):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def check_text(text: str, what: str) -> None:
+    """Command-line text must be valid UTF-8 (Python keeps undecodable bytes as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid UTF-8 text", "give token ids as #ID or --ids 1,2,3") from None
