@@ -143,6 +143,10 @@ def check_against_tensors(ckpt: Checkpoint) -> None:
         if stored != cfg.d_vocab * cfg.d_model:
             raise CheckpointError(f"tensor {src} has shape {list(ckpt.index[src].infos[src].shape)}, which "
                                   f"contradicts the config (d_vocab={cfg.d_vocab}, d_model={cfg.d_model})")
+    if cfg.n_layers:  # layer 0's attention read once (memory-mapped): its shapes check n_heads, n_kv_heads, d_head
+        for name in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_O"):
+            if name in w:
+                w[name]
     if cfg.n_layers and (cfg.attn_only or not cfg.d_mlp) and "blocks.0.mlp.W_in" in w \
             and w._source(w._rule("blocks.0.mlp.W_in")[0], 0) is not None:
         raise CheckpointError("the config has no MLPs (d_mlp 0 or attention-only) but the checkpoint holds MLP "
