@@ -95,7 +95,7 @@ def test_cache_location_from_environment(cache, monkeypatch, var, sub, tmp_path)
 
 def test_uncached_id_says_how_to_download(cache):
     assert_one_line_error(invoke("info", "acme/absent", "--cache-dir", cache / "hub", ok=False),
-                          "not in the Hugging Face cache", "hf download acme/absent")
+                          "no model acme/absent in the Hugging Face cache", "hf download acme/absent")
     assert_one_line_error(invoke("info", "acme/tiny@nope", "--cache-dir", cache / "hub", ok=False),
                           "revision 'nope'", "--revision nope")
 
@@ -157,7 +157,7 @@ def test_legacy_variable_and_expansion_load_the_model(cache, monkeypatch):
     monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(cache / "hub"))
     assert info("acme/tiny")["path"].endswith(A)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache / "empty"))  # the new name wins over the legacy one
-    assert_one_line_error(invoke("info", "acme/tiny", ok=False), "not in the Hugging Face cache", str(cache / "empty"))
+    assert_one_line_error(invoke("info", "acme/tiny", ok=False), "no model acme/tiny in the Hugging Face cache", str(cache / "empty"))
     monkeypatch.setenv("TCLI_HUB_ROOT", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", "$TCLI_HUB_ROOT/hub")
     assert info("acme/tiny@v2")["path"].endswith(B)
@@ -192,7 +192,7 @@ def test_orgless_ids_load_from_the_cache(cache):
 
 def test_uncached_orgless_id_says_both_and_how_to_download(cache):
     assert_one_line_error(invoke("info", "distilgpt2", "--cache-dir", cache / "hub", ok=False),
-                          "distilgpt2: no such file or directory, and no model in the Hugging Face cache",
+                          "distilgpt2: no such file or folder here",
                           "hf download distilgpt2")
     assert_one_line_error(invoke("info", "missing.safetensors", ok=False), "missing.safetensors: no such file")
 

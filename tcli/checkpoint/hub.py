@@ -154,9 +154,9 @@ def resolve(model_id: str, revision: str | None = None, cache: str | os.PathLike
     folder = root / file_download.repo_folder_name(repo_id=repo, repo_type="model")
     fetch = _fetch(repo, revision if revision != "main" else None)
     if not folder.is_dir():
-        what = f"{repo} is not" if "/" in repo else f"{repo}: no such file or directory, and no model"
-        raise CheckpointError(f"{what} in the Hugging Face cache ({root}) and tcli does not download",
-                              f"fetch it with: {fetch}")
+        raise CheckpointError(f"{repo}: no such file or folder here ({Path(repo).absolute()}), and no model "
+                              f"{repo} in the Hugging Face cache ({folder}); tcli does not download",
+                              f"check the path, or fetch the model with: {fetch}")
     commit = revision if COMMIT.fullmatch(revision) else _read_ref(folder, revision, repo, root)
     snapshot = folder / "snapshots" / commit
     if not snapshot.is_dir():

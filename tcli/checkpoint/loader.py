@@ -84,7 +84,15 @@ def open_checkpoint(path: str | Path | None = None, arch: str | Path | None = No
         raw_config = {**raw_config, **_arch_values(arch)}
     if spec is None:
         spec = detect(raw_config, index.keys())
-    config = build_config(spec, raw_config)
+    try:
+        config = build_config(spec, raw_config)
+    except CheckpointError:
+        if raw_config:
+            raise
+        raise CheckpointError(f"{folder}: no config.json (nor a config in the safetensors metadata): the "
+                              "model's dimensions are unknown",
+                              "add the model's config.json, or describe it with --arch FILE.yaml "
+                              "(docs/families.md)") from None
     tok = folder / "tokenizer.json"
     ckpt = Checkpoint(path, config, spec, index, regular_file(tok, "tokenizer.json") if tok.exists() else None,
                       raw_config)
