@@ -9,7 +9,9 @@ Steps (SPEC §2), each a pure function of raw tensors:
   center_unembed     W_U, b_U lose their mean over the vocabulary: all logits at a position move
                      by one constant, log-probabilities are unchanged.
   fold_value_biases  b_O += Σ_h b_V[h] W_O[h], b_V = 0 (exact: attention weights sum to 1).
-After processing, norm weights read as ones and norm biases as zeros.
+After processing, norm weights read as ones and norm biases as zeros. Post-norm models (BERT) get only
+fold_value_biases, as TransformerLens's HookedEncoder processes nothing that changes a circuit: their OV
+and QK circuits, spectra and copying scores are those of the raw weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_bias
 
 def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
     """The processing steps that are exact for this architecture."""
+    if cfg.norm_placement == "post":  # as TransformerLens's HookedEncoder: nothing that changes a circuit
+        return ("fold_value_biases",)
     steps = []
     if cfg.norm_placement == "pre" and cfg.norm != "none":
         steps.append("fold_ln")

@@ -71,3 +71,29 @@ def test_tokenizer_panics_are_one_line(tmp_path):
     spec["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}
     (path / "tokenizer.json").write_text(json.dumps(spec))
     assert_one_line_error(invoke("lens", path, "-p", "To be", ok=False), "tokenizer")
+
+
+def test_post_ln_encoders_circuits_are_the_raw_weights(hf_dirs):
+    """BERT is processed as HookedEncoder processes it: nothing that changes a circuit. The full OV circuit
+    of a head equals W_E W_V W_O W_E^T computed from the torch model's own weights (tied unembedding), and
+    info names what was applied."""
+    import numpy as np
+
+    model, path = hf_dirs["bert"]
+    info = parse(invoke("info", path, "--json").stdout, "json")[1][0]
+    assert info["processing"] == "fold_value_biases"
+    E = model.embeddings.word_embeddings.weight.detach().double().numpy()  # [V, d]
+    att = model.encoder.layer[1].attention
+    H, d = 4, E.shape[1]
+    e = d // H
+    WV = att.self.value.weight.detach().double().numpy().T[:, 2 * e:3 * e]        # head 2: [d, e]
+    WO = att.output.dense.weight.detach().double().numpy().T[2 * e:3 * e, :]      # [e, d]
+    OV = E @ WV @ WO @ E.T
+    _, rows = parse(invoke("ov", path, "1.2", "-t", "#7", "-k", "5", "--json").stdout, "json")
+    top = np.argsort(-OV[7])[:5]
+    assert [r["out_id"] for r in rows] == top.tolist()
+    assert np.allclose([r["value"] for r in rows], OV[7, top], rtol=1e-4, atol=1e-6)
+    lam = np.linalg.eigvals(WO @ E.T @ E @ WV)
+    heads = {(r["layer"], r["head"]): r for r in parse(invoke("heads", path, "--no-behaviour", "--json").stdout,
+                                                         "json")[1]}
+    assert abs(heads[(1, 2)]["copying_score"] - lam.real.sum() / np.abs(lam).sum()) < 1e-4
