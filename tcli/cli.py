@@ -58,6 +58,8 @@ app = typer.Typer(
 )
 
 HEAD = re.compile(r"^(\d+)\.(\d+)$")
+# what a head typed another way looks like: L0H3, l0.h3, 0:3, 0-3, 0_3, layer0head3, 0,3
+LOOSE_HEAD = re.compile(r"^(?:l|layer)?\s*\d+\s*(?:[.:,/_-]\s*(?:h|head)?|h|head)\s*\d+$", re.IGNORECASE)
 
 
 def choices(name: str, values: tuple[str, ...]):
@@ -107,6 +109,9 @@ Columns = Annotated[Optional[str], typer.Option("--columns", help="Only these co
                                                 "a,b,c.", show_default=False)]
 Sort = Annotated[Optional[str], typer.Option("--sort", help="Sort the rows by COL (ascending; -COL: "
                                              "descending; missing values last).", show_default=False)]
+Device = Annotated[str, typer.Option("--device", help="Where the streamed matrix products run: cpu (numpy), "
+                                      "cuda, cuda:N, auto (cuda if visible) or torch:cpu; needs "
+                                      "pip install 'tcli[gpu]' for all but cpu.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (after --sort).",
                                               show_default=False)]
 Top = Annotated[int, typer.Option("--top", "-k", help="Entries per row (per-row modes).")]
@@ -173,11 +178,18 @@ class Options:
         from .analyses.circuits import all_heads as every_head, check_heads
 
         _, w, _ = self.load()
+        self.need_layers(1, "analyses of attention heads need")
         if all_heads:
             return every_head(w.cfg)
         if required and not self.heads:
             raise InputError("no head given", "name heads as L.H (e.g. 0.1) or pass --all-heads")
         return check_heads(w.cfg, self.heads)
+
+    def need_layers(self, n: int, what: str) -> None:
+        """An analysis that needs ``n`` layers says why it does not apply, rather than print an empty table."""
+        _, w, _ = self.load()
+        if w.cfg.n_layers < n:
+            raise InputError(f"{what} at least {n} layer{'s' if n > 1 else ''}; this model has {w.cfg.n_layers}")
 
     def render(self, table, plot: str | None = None):
         from .output.render import render, select
@@ -214,6 +226,11 @@ def split_target(args: list[str]) -> tuple[str | None, list[tuple[int, int]]]:
         m = HEAD.match(a)
         if m and not Path(a).exists():
             heads.append((int(m.group(1)), int(m.group(2))))
+        elif LOOSE_HEAD.match(a) and not Path(a).exists():
+            raise InputError(f"{a!r} is not a head: write heads as LAYER.HEAD, e.g. 0.3")
+        elif re.search(r"\s", a) and not Path(a).exists():
+            raise InputError(f"{a!r} is not a checkpoint (no such file, and a model id has no spaces)",
+                             "a prompt goes in --prompt/-p TEXT")
         elif checkpoint is None:
             checkpoint = a
         else:
@@ -274,7 +291,11 @@ def common(sample: str = "attn-only-1l", heads: bool = False, page: bool = False
         def wrapper(words: Target = None, arch: Arch = None, revision: Revision = None, cache_dir: CacheDir = None,
                     raw: Raw = False, dtype: DType = "float32", fmt: Fmt = None, out: Out = None, csv: Csv = False,
                     tsv: Tsv = False, json: Json = False, nl: Nl = False, no_headers: NoHeaders = False,
-                    columns: Columns = None, sort: Sort = None, limit: Limit = None, **kwargs):
+                    columns: Columns = None, sort: Sort = None, limit: Limit = None, device: Device = "cpu",
+                    **kwargs):
+            from .core import device as engine
+
+            engine.use(device)
             opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample, revision,
                            cache_dir, columns, sort, limit, fn.__name__, heads, page)
             return fn(opts, **kwargs)
@@ -314,6 +335,9 @@ def _positive(name: str, value: int | None) -> None:
         raise InputError(f"{name} must be a positive integer, got {value}")
 
 
+GLOBAL_MAX = 1_000_000  # --global N keeps N candidates in memory: 1e6 entries ≈ 16 MB; past that, --all streams
+
+
 def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None) -> int:
     """The row modes of bigram/ov/qk exclude each other: --token, --all, --global (with -k only per row).
     Returns -k (default 10)."""
@@ -321,6 +345,9 @@ def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None) -> int:
     _positive("--global", global_n)
     if tokens and all_rows:
         raise InputError("give --token or --all, not both")
+    if global_n is not None and global_n > GLOBAL_MAX:
+        raise InputError(f"--global {global_n} is past the limit of {GLOBAL_MAX:,} entries (the selection is held "
+                         "in memory)", "stream every row with --all -k K instead")
     if global_n is not None and (tokens or all_rows):
         other = "--token" if tokens else "--all"
         raise InputError(f"--global ranks the whole matrix: it does not combine with {other}")
@@ -436,7 +463,7 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
 
 def _position(text: str, n_ctx: int) -> int:
     t = text.lstrip("#")
-    if not t.isdigit() or int(t) >= n_ctx:
+    if not re.fullmatch(r"[0-9]+", t) or int(t) >= n_ctx:
         raise InputError(f"position {text!r} must be #0 … #{n_ctx - 1}")
     return int(t)
 
@@ -444,13 +471,18 @@ def _position(text: str, n_ctx: int) -> int:
 @command("Skip-trigrams A … B → C of heads.",
          ['tcli skiptrigram 0.3',
           'tcli skiptrigram --all-heads -k 20 --csv'], heads=True)
-def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: AllHeads = False):
+def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: AllHeads = False,
+                all_triples: Annotated[bool, typer.Option("--all-triples", help="The plain top -k of all triples "
+                                                          "(default: distinct (A, B) and (A, C) pairs).")] = False):
     """Skip-trigrams "A … B → C" of heads: B attends back to A, and A raises C.
 
     score = min(z_qk, z_ov), where z_qk = (QK[B, A] − mean QK) / std QK and z_ov = (OV[A, C] − mean OV) /
     std OV over the whole circuits: a skip-trigram is as strong as its weaker link (equal scores are
-    ranked by the stronger link). The top -k
-    triples are exact. --token restricts the source A. Default checkpoint: attn-only-1l."""
+    ranked by the stronger link). By default every (A, B) and every (A, C) pair appears at most once (the
+    best triples, skipping any whose pair was already shown): source A's i-th strongest destination is
+    listed with its i-th strongest output, so one strong pair cannot fill the table. --all-triples: the
+    plain top -k of all triples. Both are exact. --token restricts the source A. Default checkpoint:
+    attn-only-1l."""
     from .analyses.skiptrigram import skiptrigram as run
     from .output.progress import progress
 
@@ -458,9 +490,9 @@ def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: All
     heads = opts.selected_heads(all_heads)
     _, w, vocab = opts.load()
     sources = [vocab.token_id(t) for t in token] if token else None
-    total = (len(sources) if sources else w.cfg.d_vocab) * len(heads)
+    total = (len(set(sources)) if sources else w.cfg.d_vocab) * len(heads)
     with progress(total, "skip-trigrams") as advance:
-        opts.render(run(w, vocab, heads, k, sources, advance))
+        opts.render(run(w, vocab, heads, k, sources, all_triples, advance))
 
 
 @command("Singular values or eigenvalues of a circuit.",
@@ -502,6 +534,7 @@ def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behavi
     from .output.progress import progress
 
     _, w, _ = opts.load()
+    opts.need_layers(1, "the head census needs")
     with progress(0 if no_behaviour else 2 * BATCH, "forward passes") as advance:
         opts.render(census(w, not no_behaviour, advance))
 
@@ -523,6 +556,7 @@ def compose(opts: Options, kind: Annotated[Optional[List[Kind]], typer.Option("-
     _positive("--top", k)
     kinds = tuple(dict.fromkeys(x.value for x in kind)) if kind else ("q", "k", "v")
     _, w, _ = opts.load()
+    opts.need_layers(2, "composition (between heads of different layers) needs")
     opts.render(run(w, kinds, k), plot)
 
 
@@ -554,7 +588,10 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
               target: Annotated[Optional[str], typer.Option("--target", help="Target token (text or #id); "
                                                             "default: the model's top prediction.")] = None,
               diff: Annotated[Optional[Tuple[str, str]], typer.Option("--diff", help="Explain logit(A) - "
-                                                                      "logit(B).")] = None):
+                                                                      "logit(B).")] = None,
+              neurons: Annotated[Optional[int], typer.Option("--neurons", help="Split each MLP into its N "
+                                                             "strongest neurons and an mlp_rest row.",
+                                                             show_default=False)] = None):
     """Direct logit attribution: split a logit at a position into what each part of the model wrote.
 
     Components: embed, pos_embed, head (layer, head), attn_bias, mlp, norm_bias, unembed_bias (BERT adds
@@ -573,7 +610,8 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
         a, b = vocab.token_id(target), None
     else:
         a, b = None, None  # the model's top prediction
-    opts.render(run_decompose(w, vocab, tokens, position, a, b))
+    _positive("--neurons", neurons)
+    opts.render(run_decompose(w, vocab, tokens, position, a, b, neurons))
 
 
 @command("Logit lens: top tokens of the residual after each layer.",

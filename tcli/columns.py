@@ -12,7 +12,7 @@ BIGRAM = ["src_id", "src_token", "rank", "dst_id", "dst_token", "value"]
 OV = ["layer", "head", "src_id", "src_token", "rank", "out_id", "out_token", "value"]
 QK = ["layer", "head", "query_id", "query_token", "rank", "key_id", "key_token", "value"]
 SKIPTRIGRAM = ["layer", "head", "rank", "src_id", "src_token", "dst_id", "dst_token", "out_id", "out_token",
-               "qk", "ov", "score"]
+               "qk", "ov", "score", "z_qk", "z_ov"]
 SPECTRUM = ["circuit", "layer", "head", "index", "singular_value", "cumulative_variance"]
 EIGEN = ["circuit", "layer", "head", "index", "real", "imag", "abs"]
 HEADS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
@@ -36,7 +36,7 @@ TABLES = {
     "spectrum": [("", SPECTRUM), ("--eigen", EIGEN)],
     "heads": [("", HEADS)],
     "compose": [("", COMPOSE)],
-    "decompose": [("", DECOMPOSE)],
+    "decompose": [("", DECOMPOSE), ("--neurons", DECOMPOSE + ["neuron"])],
     "lens": [("", LENS)],
     "attention": [("", ATTENTION)],
     "neurons": [("named neurons, --all", NEURONS), ("the census", CENSUS)],

@@ -106,21 +106,30 @@ def test_rotary_qk_offset_is_the_score_at_that_relative_distance(hf_dirs):
     np.testing.assert_allclose(circuits.qk_rows(w, l, h, rows, offset=N).dense(), F.dense()[rows], atol=1e-10)
 
 
-def test_skiptrigrams_equal_brute_force(attn_only_dir):
+@pytest.mark.parametrize("all_triples", [False, True])
+def test_skiptrigrams_equal_brute_force(attn_only_dir, all_triples):
     w, vocab = load(attn_only_dir)
     QK, OV = dense_qk(w, 1, 0), dense_ov(w, 1, 0)
     zq = (QK - QK.mean()) / QK.std()
     zo = (OV - OV.mean()) / OV.std()
     score = np.minimum(zq.T[:, :, None], zo[:, None, :])  # [A, B, C]
     second = np.maximum(zq.T[:, :, None], zo[:, None, :])
-    order = np.lexsort((-second.ravel(), -score.ravel()))[:12]  # stable: then A, B, C ascending
-    expect = [np.unravel_index(i, score.shape) for i in order]
-    rows = rows_of(skiptrigram(w, vocab, [(1, 0)], k=12))
+    order = np.lexsort((-second.ravel(), -score.ravel()))  # stable: then A, B, C ascending
+    expect, seen = [], set()
+    for A, B, C in zip(*np.unravel_index(order, score.shape)):
+        if all_triples or not ({(A, "B", B), (A, "C", C)} & seen):  # distinct: each (A, B), (A, C) pair once
+            expect.append((int(A), int(B), int(C)))
+            seen |= {(A, "B", B), (A, "C", C)}
+        if len(expect) == 12:
+            break
+    rows = rows_of(skiptrigram(w, vocab, [(1, 0)], k=12, all_triples=all_triples))
     got = [(r["src_id"], r["dst_id"], r["out_id"]) for r in rows]
-    assert got == [tuple(int(x) for x in e) for e in expect]
+    assert got == expect
     for r in rows:
         assert r["qk"] == pytest.approx(QK[r["dst_id"], r["src_id"]])
         assert r["ov"] == pytest.approx(OV[r["src_id"], r["out_id"]])
+        assert r["z_qk"] == pytest.approx(zq[r["dst_id"], r["src_id"]], rel=1e-9)
+        assert r["z_ov"] == pytest.approx(zo[r["src_id"], r["out_id"]], rel=1e-9)
         assert r["score"] == pytest.approx(score[r["src_id"], r["dst_id"], r["out_id"]], rel=1e-9)
 
 

@@ -106,3 +106,33 @@ def test_unknown_device():
 
     with pytest.raises(InputError, match="choose cpu, cuda"):
         device.use("tpu")
+
+
+@pytest.mark.parametrize("args", [("bigram", "--all", "-k", "4"), ("bigram", "--global", "25"),
+                                  ("ov", "1.1", "--all", "-k", "3"), ("qk", "0.2", "-t", "#3", "-k", "5"),
+                                  ("ov", "--all-heads", "--bottom", "--global", "10"),
+                                  ("neurons", "0.3", "-k", "4")])
+def test_cli_device_option_gives_the_cpu_answer(args, hf_dirs, attn_only_dir):
+    """Every streamed command with --device (torch's CPU device in CI, the GPU where lent) prints the
+    numpy path's table: the same ids, values within float32 rounding of another summation order."""
+    import numpy as np
+
+    from helpers import invoke, parse
+
+    path = hf_dirs["gpt2"][1] if args[0] == "neurons" else attn_only_dir
+    cols, cpu = parse(invoke(args[0], path, *args[1:], "--json").stdout, "json")
+    _, dev = parse(invoke(args[0], path, *args[1:], "--json", "--device", DEVICE).stdout, "json")
+    assert len(cpu) == len(dev) > 0
+    ids = [c for c in cols if c.endswith("_id") or c in ("layer", "head", "rank", "neuron")]
+    assert [[r[c] for c in ids] for r in cpu] == [[r[c] for c in ids] for r in dev]
+    assert np.allclose([r["value"] for r in cpu], [r["value"] for r in dev], rtol=1e-5, atol=1e-5)
+
+
+def test_default_device_imports_no_torch(attn_only_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from tcli.cli import main; sys.argv = ['tcli', 'bigram', sys.argv[1], '--global', '2'];"
+            "\ntry:\n main()\nexcept SystemExit:\n pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, str(attn_only_dir)], capture_output=True, text=True)
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr

@@ -182,3 +182,43 @@ def test_cli_bad_input(hf_dirs, tmp_path):
     assert_one_line_error(invoke("neurons", path, "-k", "0", ok=False), "--top")
     ao = random_attn_only(tmp_path / "ao")
     assert_one_line_error(invoke("neurons", ao, ok=False), "attention-only")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama", "bert"])
+@pytest.mark.parametrize("raw", [False, True])
+def test_decompose_neurons_split_each_mlp_exactly(hf_dirs, family, raw):
+    """--neurons N: per layer the N neuron rows plus mlp_rest equal that layer's mlp row; the total is
+    unchanged and equals transformers' own logit (target and --diff; processed and --raw)."""
+    import torch
+
+    model, path = hf_dirs[family]
+    ids = "3,17,5,9,30,2"
+    for extra in ([], ["--diff", "#7", "#11"]):
+        args = ["--ids", ids, "--target", "#7", *(["--raw"] if raw else [])] if not extra else \
+            ["--ids", ids, *extra, *(["--raw"] if raw else [])]
+        _, plain = parse(invoke("decompose", path, *args, "--json").stdout, "json")
+        cols, split = parse(invoke("decompose", path, *args, "--neurons", "3", "--json").stdout, "json")
+        assert cols == ["component", "layer", "head", "value", "label", "neuron"]
+        mlp = {r["layer"]: r["value"] for r in plain if r["component"] == "mlp"}
+        got: dict = {}
+        for r in split:
+            if r["component"] in ("neuron", "mlp_rest"):
+                got[r["layer"]] = got.get(r["layer"], 0.0) + r["value"]
+        assert mlp.keys() == got.keys() and all(abs(mlp[l] - got[l]) < 1e-4 * (1 + abs(mlp[l])) for l in mlp)
+        neurons = [r for r in split if r["component"] == "neuron"]
+        assert len(neurons) == 3 * len(mlp) and all(r["neuron"] is not None for r in neurons)
+        assert split[-1]["component"] == "total" and abs(split[-1]["value"] - plain[-1]["value"]) < 1e-4
+        with torch.no_grad():
+            out = model(torch.tensor([[int(i) for i in ids.split(",")]]))
+        logits = (out.logits if family != "bert" else out.last_hidden_state @ model.get_input_embeddings().weight.T)[0, -1]
+        want = float(logits[7] - (logits[11] if extra else 0))
+        assert abs(split[-1]["value"] - want) < 1e-3 * (1 + abs(want)), (family, extra, split[-1]["value"], want)
+
+
+def test_decompose_neurons_bad_input(attn_only_dir):
+    from test_errors import assert_one_line_error
+
+    assert_one_line_error(invoke("decompose", attn_only_dir, "--ids", "1,2", "--neurons", "3", ok=False),
+                          "attention-only")
+    assert_one_line_error(invoke("decompose", attn_only_dir, "--ids", "1,2", "--neurons", "0", ok=False),
+                          "positive")

@@ -11,6 +11,12 @@ norm after every sublayer). The logit of a target token t (or the difference t �
 
 and equals the model's own logit up to float error. Processing keeps the raw model's logits
 (no unembedding centring), so the total is the unprocessed model's logit.
+
+Per-neuron attribution (``--neurons N``). An MLP's piece is Σ_n a_n W_out[n] + b_out, with a [m] the
+post-activation hidden (gated: act(x W_gate) · (x W_in)) at p; its n-th term passes through the same later
+norms, so its contribution is a_n (W_out[n] → later norms) · u. The N terms with the largest |value|
+per layer are rows ``neuron``; the other m − N terms plus b_out are one ``mlp_rest`` row, so rows still
+sum to the layer's ``mlp`` value and the total is unchanged.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ def check_position(position: int, T: int) -> int:
     return p
 
 
-def pieces(cache: Cache, cfg, p: int) -> list[tuple[str, int | None, int | None, str, np.ndarray]]:
+def pieces(cache: Cache, cfg, p: int, w=None) -> list[tuple[str, int | None, int | None, str, np.ndarray]]:
     """(component, layer, head, label, vector [d]) pieces whose sum is the final residual at p,
-    each pushed through every later norm's frozen map."""
+    each pushed through every later norm's frozen map. With ``w`` (processed weights), each MLP is two
+    pieces: ``mlp_neurons`` [m, d] (row n = a_n W_out[n]) and ``mlp_bias`` (b_out)."""
     out: list = []
 
     def through(norm: Norm, label: str, layer):
@@ -66,18 +73,41 @@ def pieces(cache: Cache, cfg, p: int) -> list[tuple[str, int | None, int | None,
         out.append(("attn_bias", l, None, f"b_O {l}", cache.attn_bias[l]))
         if cfg.norm_placement == "post":
             through(ln1, f"ln1.b {l}", l)
-        if not cfg.attn_only:
+        if not cfg.attn_only and w is not None:
+            W_out = w[f"blocks.{l}.mlp.W_out"]
+            out.append(("mlp_neurons", l, None, f"mlp {l}", cache.mlp_act[l][p][:, None] * W_out))
+            out.append(("mlp_bias", l, None, f"b_out {l}", w[f"blocks.{l}.mlp.b_out"]))
+        elif not cfg.attn_only:
             out.append(("mlp", l, None, f"mlp {l}", cache.mlp_out[l][p]))
-            if cfg.norm_placement == "post":
-                through(ln2, f"ln2.b {l}", l)
+        if not cfg.attn_only and cfg.norm_placement == "post":
+            through(ln2, f"ln2.b {l}", l)
     if cache.final_norm is not None:
         through(cache.final_norm, "ln_final.b", None)
     return out
 
 
-def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | None = None) -> Table:
+def _neuron_rows(parts, u, n_top: int) -> list:
+    """Rows of the per-neuron split (module doc): (component, layer, head, value, label, neuron)."""
+    rows, rest = [], {}
+    for c, l, h, lab, v in parts:
+        if c == "mlp_neurons":
+            vals = v @ u  # [m]
+            top = np.argsort(-np.abs(vals), kind="stable")[:n_top]
+            rows += [("neuron", l, None, float(vals[n]), f"{l}.{n}", int(n)) for n in top]
+            rest[l] = rest.get(l, 0.0) + float(np.sum(np.delete(vals, top), dtype=np.float64))
+        elif c == "mlp_bias":
+            rest[l] = rest.get(l, 0.0) + float(v @ u)
+        elif c != "norm_bias" or v.any():
+            rows.append((c, l, h, float(v @ u), lab, None))
+    rows += [("mlp_rest", l, None, value, f"mlp {l} rest", None) for l, value in rest.items()]
+    return rows
+
+
+def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | None = None,
+              neurons: int | None = None) -> Table:
     """Direct logit attribution of logit(target) (− logit(minus)) at ``position``; see module doc.
-    ``target`` None: the model's top prediction at that position."""
+    ``target`` None: the model's top prediction at that position. ``neurons``: split each MLP into its
+    top-N neurons and ``mlp_rest`` (extra column ``neuron``)."""
     cfg = w.cfg
     tokens = check_prompt(cfg, tokens)
     p = check_position(position, len(tokens))
@@ -87,16 +117,24 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
     u = w["unembed.W_U"][:, target] - (w["unembed.W_U"][:, minus] if minus is not None else 0)
     bias = w["unembed.b_U"][target] - (w["unembed.b_U"][minus] if minus is not None else 0)
     # a norm bias that is exactly zero (e.g. folded into b_U by processing) contributes nothing: no row
-    rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p) if c != "norm_bias" or v.any()]
-    rows.append(("unembed_bias", None, None, float(bias), "b_U"))
+    if neurons is not None:
+        if cfg.attn_only or not cfg.d_mlp:
+            raise InputError("--neurons: this model is attention-only: it has no MLP neurons")
+        rows = _neuron_rows(pieces(cache, cfg, p, w), u, neurons)
+    else:
+        rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p)
+                if c != "norm_bias" or v.any()]
+    extra = (None,) if neurons is not None else ()
+    rows.append(("unembed_bias", None, None, float(bias), "b_U") + extra)
     total = float(np.sum([r[3] for r in rows], dtype=np.float64))
     model = float(cache.logits[p, target] - (cache.logits[p, minus] if minus is not None else 0))
     rows.sort(key=lambda r: -abs(r[3]))
-    rows.append(("total", None, None, total, "total"))
+    rows.append(("total", None, None, total, "total") + extra)
     what = f"logit[{vocab.string(target)!r}]" + (f" − logit[{vocab.string(minus)!r}]" if minus is not None else "")
     notes = [f"position {p} (token {vocab.string(int(tokens[p]))!r}): components sum to {total:.6g}; "
              f"the model's {what} is {model:.6g} (difference {total - model:.2g})"]
-    return Table.from_rows(DECOMPOSE_COLUMNS, rows, title=f"Direct logit attribution of {what} at position {p}",
+    columns = DECOMPOSE_COLUMNS + (["neuron"] if neurons is not None else [])
+    return Table.from_rows(columns, rows, title=f"Direct logit attribution of {what} at position {p}",
                            notes=notes, bar="value")
 
 

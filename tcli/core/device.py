@@ -92,8 +92,9 @@ def _check_finite(torch, block, what: str = "the streamed product") -> None:
 def _factors(A: np.ndarray, B: np.ndarray, largest: bool, device: str):
     torch = _torch()
     dtype = np.result_type(A, B)
-    tA = torch.from_numpy(np.ascontiguousarray(A, dtype=dtype)).to(device)
-    tB = torch.from_numpy(np.ascontiguousarray(B, dtype=dtype)).to(device)
+    # torch wants writable memory: read-only (memory-mapped) factors are copied once, on the host
+    tA = torch.from_numpy(np.require(A, dtype, ["C", "W"])).to(device)
+    tB = torch.from_numpy(np.require(B, dtype, ["C", "W"])).to(device)
     if not largest:
         tA = -tA
     return torch, tA, tB

@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import device
+
 BLOCK_BYTES = 256 * 2**20  # measured: 256 MB blocks beat 32/128/512 MB on GPT-2-small shapes
 
 
@@ -111,7 +113,11 @@ def topk_rows(A: np.ndarray, B: np.ndarray, k: int, rows: np.ndarray | None = No
     """Yield (row_ids [b], values [b, k], col_ids [b, k]) for each block of the selected rows of A @ B.
 
     When k is small against the row length the selection goes through the exact group-maximum
-    prefilter (``select_topk_grouped``), else a plain argpartition."""
+    prefilter (``select_topk_grouped``), else a plain argpartition. With ``--device`` set to a torch device
+    (``core.device``), the same blocks run there."""
+    if device.active() is not None:
+        yield from device.topk_rows(A, B, k, rows, largest, block, progress)
+        return
     rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
     grouped = k * GROUP * 4 <= B.shape[1]
     sign = 1 if largest else -1
@@ -129,7 +135,9 @@ def global_topk(A: np.ndarray, B: np.ndarray, n: int, largest: bool = True, bloc
 
     Per block: group maxima [b, G], the n best (row, group) cells, their n·g entries; merged with the
     running best. Exact for the same reason as ``select_topk_grouped``. Returns (row_ids [n'],
-    col_ids [n'], values [n']) best first, ties by (row, col) ascending."""
+    col_ids [n'], values [n']) best first, ties by (row, col) ascending. On a torch device: ``core.device``."""
+    if device.active() is not None:
+        return device.global_topk(A, B, n, largest, block, progress)
     m, ncols = A.shape[0], B.shape[1]
     grouped = n * GROUP * 4 <= m * ncols and ncols >= GROUP
     best_r, best_c = np.empty(0, np.int64), np.empty(0, np.int64)
