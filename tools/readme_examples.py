@@ -27,6 +27,7 @@ EXAMPLES = [
     ("Its OV spectrum", "tcli spectrum 0.{copy_head} --circuit ov -k 6"),
     ("The two-layer census: layer 1's induction scores and layer 0's previous-token head", "tcli heads"),
     ("K-composition in the two-layer sample", "tcli compose --kind k -k 5"),
+    ("The most token-like FFN neurons of the GPT-2-style sample (census by z-score)", "tcli neurons -k 3"),
     ("Direct logit attribution on the GPT-2-style sample", "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' "),
 ]
 
