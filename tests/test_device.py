@@ -136,3 +136,15 @@ def test_default_device_imports_no_torch(attn_only_dir):
             "\ntry:\n main()\nexcept SystemExit:\n pass\nprint('torch' in sys.modules, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, str(attn_only_dir)], capture_output=True, text=True)
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+
+
+def test_device_without_the_extra_names_the_install(monkeypatch, attn_only_dir):
+    """torch missing (the gpu extra not installed): one line naming pip install 'tcli[gpu]', exit 2."""
+    import sys
+
+    from helpers import invoke
+    from test_errors import assert_one_line_error
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    for name in ("cuda", "auto", "torch:cpu"):
+        assert_one_line_error(invoke("bigram", attn_only_dir, "--device", name, ok=False), "tcli[gpu]")
