@@ -439,7 +439,9 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
                                                 "rows/cols are positions, --token takes #POSITION.")] = False,
        offset: Annotated[int, typer.Option("--offset", help="Rotary models: keys N positions before the "
                                            "query.")] = 0,
-       scaled: Annotated[bool, typer.Option("--scaled", help="Divide scores by sqrt(d_head).")] = False):
+       scaled: Annotated[bool, typer.Option("--scaled", help="Scale scores as the model does "
+                                                                    "(1/sqrt(d_head), unless its config says "
+                                                                    "otherwise).")] = False):
     """Full QK circuit W_E W_Q W_K^T W_E^T of heads: which key tokens each query token attends to.
 
     Rows are the query (destination) token, columns the key (source) token, values raw attention

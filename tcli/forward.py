@@ -151,6 +151,18 @@ class Cache:
     logits: np.ndarray | None = None  # [T, V]
 
 
+def attention_scale(cfg: ModelConfig, l: int) -> float:
+    """The factor on q·k: 1/sqrt(d_head) (unless the config turns it off), and 1/(l + 1) where asked."""
+    s = 1.0 / math.sqrt(cfg.d_head) if cfg.scale_attn else 1.0
+    return s / (l + 1) if cfg.scale_attn_by_layer else s
+
+
+def layer_window(cfg: ModelConfig, l: int) -> int | None:
+    """Layer l's sliding attention window (keys at most window − 1 positions back), or None."""
+    windows = cfg.extras.get("layer_windows")
+    return windows[l] if windows is not None else cfg.extras.get("sliding_window")
+
+
 def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray):
     """Multi-head attention on x [T, d]: returns (head_out [H, T, d], pattern [H, T, T])."""
     p = f"blocks.{l}.attn."
@@ -163,10 +175,10 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
     if cfg.positional == "rotary":
         cos, sin = rotary_tables(cfg, positions)
         q, k = apply_rotary(q, cos, sin, cfg.rotary_dim), apply_rotary(k, cos, sin, cfg.rotary_dim)
-    scores = q @ k.transpose(0, 2, 1) / math.sqrt(cfg.d_head)  # [H, T_dst, T_src]
+    scores = q @ k.transpose(0, 2, 1) * attention_scale(cfg, l)  # [H, T_dst, T_src]
     if cfg.causal:
         scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
-    window = cfg.extras.get("sliding_window")
+    window = layer_window(cfg, l)
     if window and cfg.causal:
         i = np.arange(T)
         scores = np.where(i[:, None] - i[None, :] < window, scores, -np.inf)

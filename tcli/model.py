@@ -52,6 +52,8 @@ class ModelConfig:
     parallel_attn_mlp: bool = False
     tied_embeddings: bool = False
     causal: bool = True
+    scale_attn: bool = True  # scores divided by sqrt(d_head) (GPT-2's scale_attn_weights)
+    scale_attn_by_layer: bool = False  # and by (layer + 1) (GPT-2's scale_attn_by_inverse_layer_idx)
     final_norm: bool = True
     embed_norm: bool = False
     n_token_types: int = 0

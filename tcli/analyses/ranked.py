@@ -88,10 +88,12 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
        positional=False, progress=None) -> Table:
     """Full QK circuit per head: rows = query (destination) token, columns = key (source) token.
 
-    Raw attention scores (``scaled``: divided by sqrt(d_head)). ``positional``: W_pos W_QK W_pos^T,
+    Raw attention scores (``scaled``: times the model's own factor, 1/sqrt(d_head) unless its config
+    turns that off, and 1/(layer + 1) where it asks). ``positional``: W_pos W_QK W_pos^T,
     rows/cols are positions, keys after the query are excluded in causal models."""
+    from ..forward import attention_scale
+
     strings = None if positional else _strings(vocab)
-    scale = 1.0 / np.sqrt(w.cfg.d_head) if scaled else 1.0
     if positional:
         circuits.qk_positional(w, *heads[0])  # validates: learned positions only
     circuits.check_offset(w.cfg, offset)
@@ -105,6 +107,7 @@ def qk(w, vocab, heads, k=10, rows=None, global_n=None, bottom=False, offset=0, 
                 F = circuits.qk_positional(w, l, h)
             else:
                 F = circuits.qk_rows(w, l, h, rows, offset) if few else circuits.qk(w, l, h, offset)
+            scale = attention_scale(w.cfg, l) if scaled else 1.0
             F = Factored(F.A * np.asarray(scale, F.A.dtype), F.B)
             fixed = {"layer": l, "head": h}
             names = ("query_id", "query_token", "key_id", "key_token")

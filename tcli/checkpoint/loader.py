@@ -300,13 +300,42 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
             elif kind not in (None, "default"):
                 raise CheckpointError(f"unsupported RoPE scaling '{kind}'", "tcli computes default and linear RoPE")
     values["family"] = spec.family
+    extras.update(_layer_windows(values, extras))
     return validate_config(ModelConfig(**values, extras=extras))
+
+
+def _layer_windows(values: dict, extras: dict) -> dict:
+    """Per-layer sliding windows, as transformers decides them: ``layer_types`` when the config lists
+    them; else none when ``use_sliding_window`` is false (Qwen2 checkpoints keep a ``sliding_window``
+    value they do not use); else layers from ``max_window_layers`` on (Qwen2; 0, Mistral: all)."""
+    window = extras.get("sliding_window")
+    if window is None or window is False:
+        return {"layer_windows": None, "sliding_window": None}
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise CheckpointError(f"config value sliding_window={str(window)[:40]!r} must be a positive integer (or null)")
+    n = values["n_layers"]
+    types = extras.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n or set(types) - {"full_attention", "sliding_attention"}:
+            raise CheckpointError("config value layer_types must list full_attention or sliding_attention for each "
+                                  f"of the {n} layers")
+        return {"layer_windows": [window if t == "sliding_attention" else None for t in types]}
+    use = extras.get("use_sliding_window", True)
+    if not isinstance(use, bool):
+        raise CheckpointError(f"config value use_sliding_window={use!r} must be true or false")
+    if not use:
+        return {"layer_windows": None, "sliding_window": None}
+    start = extras.get("max_window_layers") or 0
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise CheckpointError(f"config value max_window_layers={start!r} must be an integer ≥ 0")
+    return {"layer_windows": [window if l >= start else None for l in range(n)]}
 
 
 INTS = {"n_layers": 0, "n_heads": 1, "d_model": 1, "d_head": 1, "d_vocab": 1, "n_ctx": 1, "n_kv_heads": 1,
         "d_mlp": 0, "rotary_dim": 0, "n_token_types": 0}
 POSITIVE_FLOATS = ("eps", "rotary_base", "rotary_scale")
-BOOLS = ("gated_mlp", "attn_only", "parallel_attn_mlp", "tied_embeddings", "causal", "final_norm", "embed_norm")
+BOOLS = ("gated_mlp", "attn_only", "parallel_attn_mlp", "tied_embeddings", "causal", "final_norm", "embed_norm",
+         "scale_attn", "scale_attn_by_layer")
 CHOICES = {"norm": ("layernorm", "rmsnorm", "none"), "norm_placement": ("pre", "post"),
            "positional": ("learned", "rotary", "none")}
 MAX_DIM = 1 << 31  # no tensor dimension of a real checkpoint comes near this

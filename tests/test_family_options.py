@@ -1,0 +1,86 @@
+"""Config options that change the maths of a supported family: each read and computed as transformers does
+(or refused), compared with transformers' own forward on tiny seeded models built from configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from builders import hf_model, save_hf
+from tcli.checkpoint import open_checkpoint
+from tcli.forward import run
+from tcli.processing import process
+
+TOKENS = [3, 17, 5, 9, 30, 2, 44, 8, 1, 12]
+
+
+def compare(model, path, tol=1e-4):
+    with torch.no_grad():
+        ref = model(torch.tensor(TOKENS)[None]).logits[0].double().numpy()
+    ours = run(process(open_checkpoint(path).weights(np.float32), enabled=False), TOKENS).logits
+    rel = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert rel < tol, rel
+    return ours
+
+
+@pytest.mark.parametrize("over", [dict(scale_attn_weights=False), dict(scale_attn_by_inverse_layer_idx=True),
+                                  dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True)])
+def test_gpt2_attention_scaling_options(tmp_path, over):
+    model = hf_model("gpt2", **over)
+    path = save_hf(model, tmp_path / "m")
+    compare(model, path)
+    default = hf_model("gpt2")
+    with torch.no_grad():  # the option really changes the answer: same weights, default config
+        differs = model(torch.tensor(TOKENS)[None]).logits - default(torch.tensor(TOKENS)[None]).logits
+    assert differs.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family, over", [
+    ("qwen2", dict(use_sliding_window=False, sliding_window=2)),            # the window is not used
+    ("qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),  # layer 1 only
+    ("qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=0)),  # every layer
+    ("mistral", dict(sliding_window=3)),
+])
+def test_sliding_windows_per_layer(tmp_path, family, over):
+    import transformers
+
+    from builders import hf_config
+
+    base = hf_config(family).to_dict()
+    base.pop("layer_types", None)  # derived from the options at construction: let the config compute it
+    cfg = type(hf_config(family))(**{**base, **over})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    path = save_hf(model, tmp_path / "m")
+    compare(model, path)
+    # as checkpoints saved before transformers wrote layer_types: the window from the other options
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    config.pop("layer_types", None)
+    (path / "config.json").write_text(json.dumps(config))
+    ours = open_checkpoint(path).config
+    compare(model, path)
+    windows = ours.extras.get("layer_windows")
+    if over.get("use_sliding_window") is False:
+        assert windows in (None, [None] * ours.n_layers)
+    else:
+        assert windows == [(3 if l >= over.get("max_window_layers", 0) else None) for l in range(ours.n_layers)]
+        full = hf_config(family)  # the same weights without any window give a different answer
+        torch.manual_seed(0)
+        plain = transformers.AutoModelForCausalLM.from_config(full, attn_implementation="eager")
+        plain.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            gap = (model(torch.tensor(TOKENS)[None]).logits - plain(torch.tensor(TOKENS)[None]).logits).abs().max()
+        assert gap > 1e-4
+
+
+def test_scaled_qk_uses_the_models_own_factor(tmp_path):
+    from helpers import invoke, parse
+
+    model = hf_model("gpt2", scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True)
+    path = save_hf(model, tmp_path / "m")
+    _, raw = parse(invoke("qk", path, "1.0", "-t", "#3", "-k", "3", "--json").stdout, "json")
+    _, scaled = parse(invoke("qk", path, "1.0", "-t", "#3", "-k", "3", "--scaled", "--json").stdout, "json")
+    assert np.allclose([r["value"] / 2 for r in raw], [r["value"] for r in scaled])  # layer 1: 1/(1 + 1)
