@@ -132,6 +132,23 @@ def _layer_ids(ckpt: Checkpoint) -> set[int]:
     return layers
 
 
+def unconsumed(ckpt: Checkpoint, w: "Weights") -> list[str]:
+    """Tensors of the file that no layout rule reads and no ``ignore`` pattern (``{l}`` = a layer, ``*`` =
+    anything, after any prefix) names: each would be a mechanism silently left out."""
+    import fnmatch
+
+    used = set()
+    for name in canonical_shapes(ckpt.config):
+        rule, layer = w._rule(name)
+        src = w._source(rule, layer) if rule is not None else None
+        if src is not None:
+            used.add(src)
+    patterns = [re.compile("(?:" + "|".join(re.escape(p) for p in ("",) + tuple(ckpt.spec.prefixes)) + ")"
+                           + fnmatch.translate(pat.replace("{l}", "[0-9]*")).replace("\\Z", "") + "$")
+                for pat in ckpt.spec.ignore]
+    return sorted(n for n in ckpt.index if n not in used and not any(p.match(n) for p in patterns))
+
+
 def check_against_tensors(ckpt: Checkpoint) -> None:
     """Config values that contradict the file are an error, found before anything is allocated: the
     number of layers against the layer tensors present, the embedding's [d_vocab, d_model] against the
@@ -151,6 +168,12 @@ def check_against_tensors(ckpt: Checkpoint) -> None:
         if stored != cfg.d_vocab * cfg.d_model:
             raise CheckpointError(f"tensor {src} has shape {list(ckpt.index[src].infos[src].shape)}, which "
                                   f"contradicts the config (d_vocab={cfg.d_vocab}, d_model={cfg.d_model})")
+    unread = unconsumed(ckpt, w)
+    if unread:
+        shown = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
+        raise CheckpointError(f"the {cfg.family} layout does not read {len(unread)} tensor(s) of this checkpoint: "
+                              f"{shown}", "a mechanism tcli does not compute? If they do not change the maths, "
+                              "list them under 'ignore' in a family YAML (--arch, docs/families.md)")
     if cfg.n_layers:  # layer 0's attention read once (memory-mapped): its shapes check n_heads, n_kv_heads, d_head
         for name in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_O"):
             if name in w:

@@ -38,6 +38,7 @@ class FamilySpec:
     fixed: dict
     tensors: dict
     source: str
+    ignore: tuple[str, ...] = ()
 
     def matches(self, config: dict, tensor_names) -> bool:
         if config.get("model_type") in self.detect.get("model_type", []):
@@ -78,7 +79,8 @@ def load_spec(path: str | Path) -> FamilySpec:
     if "extends" in data:
         parent = builtin_spec(data["extends"])
         base = {"family": parent.family, "detect": parent.detect, "prefixes": list(parent.prefixes),
-                "config": parent.config, "fixed": parent.fixed, "tensors": parent.tensors}
+                "config": parent.config, "fixed": parent.fixed, "tensors": parent.tensors,
+                "ignore": list(parent.ignore)}
         data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     return FamilySpec(
         family=str(data.get("family", path.stem)),
@@ -88,10 +90,11 @@ def load_spec(path: str | Path) -> FamilySpec:
         fixed=data.get("fixed") or {},
         tensors=data.get("tensors") or {},
         source=str(path),
+        ignore=tuple(data.get("ignore") or ()),
     )
 
 
-SPEC_KEYS = {"family", "extends", "detect", "prefixes", "config", "fixed", "tensors", "values"}
+SPEC_KEYS = {"family", "extends", "detect", "prefixes", "config", "fixed", "tensors", "values", "ignore"}
 RULE_KEYS = {"from", "tied", "rearrange", "index", "missing"}
 CONFIG_KEYS = {"keys", "default", "map"}
 SCALARS = (str, int, float, bool, type(None))
@@ -113,6 +116,8 @@ def check_spec(data: dict, path: Path) -> None:
         bad("detect", "a mapping of lists of names")
     if not _names(data.get("prefixes") or [], single=False):
         bad("prefixes", "a list of strings")
+    if not _names(data.get("ignore") or [], single=False):
+        bad("ignore", "a list of tensor names or patterns")
     for section in ("config", "fixed", "tensors", "values"):
         if not isinstance(data.get(section) or {}, dict):
             bad(section, "a mapping")
