@@ -106,3 +106,35 @@ def test_every_tensor_is_read_or_ignored(hf_dirs, tmp_path, extra, ok):
     result = invoke("info", path, ok=ok)
     if not ok:
         assert_one_line_error(result, "does not read 1 tensor", extra, "ignore")
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert"])
+def test_every_config_key_transformers_reads_is_handled(model_type):
+    """Each key of the family's transformers config is read by the family YAML, declared inert there (with
+    a reason), or one of the keys no forward pass reads; a new option that changes the maths fails here."""
+    import transformers
+
+    from tcli.checkpoint.spec import COMMON_INERT, builtin_spec, detect
+
+    keys = set(transformers.AutoConfig.for_model(model_type).to_dict())
+    spec = detect({"model_type": model_type}, [])
+    handled = spec.config_keys() | set(spec.inert) | COMMON_INERT
+    assert keys - handled == set(), f"{spec.family}: config keys neither read nor declared inert"
+    assert builtin_spec(spec.family) is spec
+
+
+@pytest.mark.parametrize("family, key", [("bert", "is_decoder"), ("bert", "add_cross_attention"),
+                                         ("gpt2", "add_cross_attention")])
+def test_options_tcli_does_not_compute_are_refused(hf_dirs, tmp_path, family, key):
+    import json
+    import shutil
+
+    from helpers import invoke
+    from test_errors import assert_one_line_error
+
+    path = tmp_path / family
+    shutil.copytree(hf_dirs[family][1], path)
+    config = json.loads((path / "config.json").read_text())
+    config[key] = True
+    (path / "config.json").write_text(json.dumps(config))
+    assert_one_line_error(invoke("info", path, ok=False), key)

@@ -39,6 +39,15 @@ class FamilySpec:
     tensors: dict
     source: str
     ignore: tuple[str, ...] = ()
+    inert: tuple[str, ...] = ()
+
+    def config_keys(self) -> set[str]:
+        """The top-level config.json keys this family reads (its config rules' keys, before any dot)."""
+        out = set()
+        for rule in self.config.values():
+            keys = [rule] if isinstance(rule, str) else rule.get("keys", [])
+            out.update(k.split(".")[0] for k in ([keys] if isinstance(keys, str) else keys))
+        return out
 
     def matches(self, config: dict, tensor_names) -> bool:
         if config.get("model_type") in self.detect.get("model_type", []):
@@ -80,7 +89,7 @@ def load_spec(path: str | Path) -> FamilySpec:
         parent = builtin_spec(data["extends"])
         base = {"family": parent.family, "detect": parent.detect, "prefixes": list(parent.prefixes),
                 "config": parent.config, "fixed": parent.fixed, "tensors": parent.tensors,
-                "ignore": list(parent.ignore)}
+                "ignore": list(parent.ignore), "inert": list(parent.inert)}
         data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     return FamilySpec(
         family=str(data.get("family", path.stem)),
@@ -91,10 +100,19 @@ def load_spec(path: str | Path) -> FamilySpec:
         tensors=data.get("tensors") or {},
         source=str(path),
         ignore=tuple(data.get("ignore") or ()),
+        inert=tuple(data.get("inert") or ()),
     )
 
 
-SPEC_KEYS = {"family", "extends", "detect", "prefixes", "config", "fixed", "tensors", "values", "ignore"}
+SPEC_KEYS = {"family", "extends", "detect", "prefixes", "config", "fixed", "tensors", "values", "ignore", "inert"}
+# config keys of every transformers config that do not change a forward pass: bookkeeping, generation,
+# training (dropouts, initialisation) and task heads
+COMMON_INERT = {"_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
+                "label2id", "is_encoder_decoder", "model_type", "output_attentions", "output_hidden_states",
+                "problem_type", "return_dict", "transformers_version", "bos_token_id", "eos_token_id",
+                "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache", "initializer_range",
+                "tokenizer_class", "attn_pdrop", "embd_pdrop", "resid_pdrop", "attention_dropout",
+                "hidden_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob"}
 RULE_KEYS = {"from", "tied", "rearrange", "index", "missing"}
 CONFIG_KEYS = {"keys", "default", "map"}
 SCALARS = (str, int, float, bool, type(None))
@@ -118,6 +136,8 @@ def check_spec(data: dict, path: Path) -> None:
         bad("prefixes", "a list of strings")
     if not _names(data.get("ignore") or [], single=False):
         bad("ignore", "a list of tensor names or patterns")
+    if not _names(data.get("inert") or [], single=False):
+        bad("inert", "a list of config keys")
     for section in ("config", "fixed", "tensors", "values"):
         if not isinstance(data.get(section) or {}, dict):
             bad(section, "a mapping")
