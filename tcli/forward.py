@@ -116,8 +116,22 @@ def rotary_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, 
     """cos, sin [T, rotary_dim / 2] for rotate-half RoPE: θ_i = base^(-2i / rotary_dim)."""
     rd = cfg.rotary_dim
     inv_freq = 1.0 / (cfg.rotary_base ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    if cfg.extras.get("rope_llama3"):
+        inv_freq = llama3_frequencies(inv_freq, **cfg.extras["rope_llama3"])
     angles = (np.asarray(positions, dtype=np.float64) / cfg.rotary_scale)[:, None] * inv_freq[None]
     return np.cos(angles), np.sin(angles)
+
+
+def llama3_frequencies(inv_freq: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float,
+                       original_max_position_embeddings: int) -> np.ndarray:
+    """Llama 3.x RoPE scaling: wavelengths λ = 2π/θ longer than L/low (L the original context) are
+    stretched by ``factor``, shorter than L/high kept, and those between interpolated linearly in L/λ."""
+    L = float(original_max_position_embeddings)
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > L / low_freq_factor, inv_freq / factor, inv_freq)
+    smooth = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    medium = (wavelen >= L / high_freq_factor) & (wavelen <= L / low_freq_factor)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
 def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int) -> np.ndarray:

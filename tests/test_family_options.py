@@ -138,3 +138,37 @@ def test_options_tcli_does_not_compute_are_refused(hf_dirs, tmp_path, family, ke
     config[key] = True
     (path / "config.json").write_text(json.dumps(config))
     assert_one_line_error(invoke("info", path, ok=False), key)
+
+
+# float64: transformers computes the rotary frequencies in float32 even for a float64 model (1e-7 apart)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-4), (np.float64, 1e-6)])
+def test_llama3_rope_scaling(tmp_path, dtype, tol):
+    """Llama 3.x's rope_type llama3 (frequency-dependent stretching) against transformers, with an
+    original context short enough that all three frequency bands occur at d_head 8."""
+    import transformers
+
+    from builders import hf_config
+
+    rope = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    base = hf_config("llama").to_dict()
+    base.pop("rope_parameters", None)
+    base.pop("rope_scaling", None)
+    cfg = transformers.LlamaConfig(**{**base, "rope_parameters": rope})
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(torch.float64 if dtype == np.float64 else torch.float32)
+    path = save_hf(model.float(), tmp_path / "m")
+    ck = open_checkpoint(path)
+    assert ck.config.extras["rope_llama3"]["factor"] == 8.0
+    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor(TOKENS)[None]).logits[0].double().numpy()
+    ours = run(process(ck.weights(dtype), enabled=False), TOKENS).logits
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < tol
+    import json  # the same weights with default RoPE: a different answer (the scaling matters here)
+
+    config = json.loads((path / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": 500.0}
+    (path / "config.json").write_text(json.dumps(config))
+    plain = run(process(open_checkpoint(path).weights(dtype), enabled=False), TOKENS).logits
+    assert np.abs(plain - ours).max() > 1e-4

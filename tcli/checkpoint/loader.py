@@ -316,15 +316,26 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
         if isinstance(scaling, dict):
             kind = scaling.get("rope_type", scaling.get("type", "default"))
             if kind == "linear":
-                factor = scaling.get("factor")
-                if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-                    raise CheckpointError(f"config value rope_scaling.factor={str(factor)[:40]!r} must be a number")
-                values["rotary_scale"] = float(factor)
+                values["rotary_scale"] = _positive_number(scaling, "factor")
+            elif kind == "llama3":
+                extras["rope_llama3"] = {k: _positive_number(scaling, k) for k in
+                                         ("factor", "low_freq_factor", "high_freq_factor",
+                                          "original_max_position_embeddings")}
+                if extras["rope_llama3"]["low_freq_factor"] >= extras["rope_llama3"]["high_freq_factor"]:
+                    raise CheckpointError("config rope_scaling: low_freq_factor must be below high_freq_factor")
             elif kind not in (None, "default"):
-                raise CheckpointError(f"unsupported RoPE scaling '{kind}'", "tcli computes default and linear RoPE")
+                raise CheckpointError(f"unsupported RoPE scaling '{kind}'",
+                                      "tcli computes default, linear and llama3 RoPE")
     values["family"] = spec.family
     extras.update(_layer_windows(values, extras))
     return validate_config(ModelConfig(**values, extras=extras))
+
+
+def _positive_number(scaling: dict, key: str) -> float:
+    v = scaling.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise CheckpointError(f"config value rope_scaling.{key}={str(v)[:40]!r} must be a positive number")
+    return float(v)
 
 
 def _layer_windows(values: dict, extras: dict) -> dict:
