@@ -240,7 +240,8 @@ def choose_heads(rows: list[dict], per: int = PER_CRITERION) -> tuple[list[tuple
 def _choice_html(chosen, lists, given: bool, behaviour: bool) -> str:
     links = ", ".join(f'<a href="#head-{l}-{h}">{l}.{h}</a>' for l, h in chosen) or "none"
     if given:
-        return f"<p>Heads detailed on this page (spectra and top OV/QK entries): the ones asked for (--heads): {links}.</p>"
+        return ("<p>Heads detailed on this page (spectra and top OV/QK entries): the ones asked for "
+                f"(--heads): {links}.</p>")
     items = "".join(f"<li>{_esc(p)}: {', '.join(map(_label, hs))}</li>" for p, hs in lists)
     skipped = "" if behaviour else (" Induction and previous-token scores were not computed (--no-behaviour), so "
                                     "they choose no heads.")
