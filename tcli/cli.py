@@ -126,6 +126,17 @@ Bottom = Annotated[bool, typer.Option("--bottom", help="Rank the most negative e
 Plot = Annotated[Optional[str], typer.Option("--plot", help="Also draw the figure into FILE.png, .svg or .pdf "
                                              "(needs matplotlib: pip install 'tcli[plot]').")]
 AllHeads = Annotated[bool, typer.Option("--all-heads", help="Every head of the model.")]
+Minus = Annotated[Optional[str], typer.Option("--minus", help="Difference with CHECKPOINT2 (same vocabulary): "
+                                              "circuits M_A - M_B; census tables joined by their keys, with "
+                                              "delta_* columns.", metavar="CHECKPOINT2", show_default=False)]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Run the independent units (the checkpoints "
+                                                "of a sweep) on a local Dask cluster of N worker processes "
+                                                "(pip install 'tcli[distributed]').", show_default=False)]
+Scheduler = Annotated[Optional[str], typer.Option("--scheduler", help="Run them on an existing Dask cluster: "
+                                                  "its scheduler's address (tcp://host:8786).",
+                                                  show_default=False)]
+Diagonal = Annotated[bool, typer.Option("--diagonal", help="Per row token t: M[t, t] and its rank in row t "
+                                        "(every row, or the --token rows); a note gives the share at rank 1.")]
 
 
 class Options:
@@ -133,7 +144,7 @@ class Options:
 
     def __init__(self, target, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample,
                  revision=None, cache_dir=None, columns=None, sort=None, limit=None, command="", heads=True,
-                 page=False):
+                 page=False, minus=None, workers=None, scheduler=None):
         from .output.render import choose_format
 
         flags = [f for f, on in (("csv", csv), ("tsv", tsv), ("json", json), ("jsonl", nl)) if on]
@@ -149,7 +160,18 @@ class Options:
         self.sort, self.limit = sort, limit
         self.dtype, self.raw, self.arch = dtype, raw, arch
         self.revision, self.cache_dir = revision, cache_dir
-        self.checkpoint, self.heads = split_target(target or [])
+        self.checkpoints, self.heads = split_target(target or [])
+        self.checkpoint = self.checkpoints[0] if self.checkpoints else None
+        self.command = command
+        self.minus, self._minus = minus, {}  # --minus CHECKPOINT2; its loaded weights (shared by a sweep's units)
+        self.workers, self.scheduler = workers, scheduler
+        self.device = "cpu"
+        self.sink = None  # in a sweep: where render() hands each checkpoint's table (tcli/sweep.py)
+        self.units = None  # a sweep's checkpoints (tcli/sweep.py Unit), when several are given
+        if len(self.checkpoints) > 1 or (revision is not None and "," in revision):
+            from .sweep import expand
+
+            self.units = expand(self.checkpoints, revision)
         if self.heads and not heads:
             raise InputError(f"{command} takes no heads (got {len(self.heads)}: "
                              f"{' '.join(f'{l}.{h}' for l, h in self.heads)})")
@@ -174,6 +196,54 @@ class Options:
             self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
         return self._loaded
 
+    def load_minus(self):
+        """(checkpoint, processed weights, vocab) of ``--minus CHECKPOINT2``, processed as the first checkpoint
+        is; exit 2 naming the first differing token id unless both share the vocabulary."""
+        if not self.minus:
+            raise InputError("no --minus CHECKPOINT2 given")
+        _, _, vocab = self.load()
+        key = (self.keep_logits, self.dtype, self.raw)
+        if self._minus.get("key") != key:
+            import numpy as np
+
+            from .checkpoint import open_checkpoint
+            from .checkpoint.tokens import Vocab
+            from .processing import process
+
+            ckpt = open_checkpoint(self.minus, self.arch, None, self.cache_dir)
+            weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw,
+                              center_unembed=not self.keep_logits)
+            self._minus.clear()
+            self._minus.update(key=key, loaded=(ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)))
+        from .analyses.diff import check_vocab
+
+        loaded = self._minus["loaded"]
+        note = check_vocab(vocab, loaded[2], self.checkpoint or "the first checkpoint", self.minus)
+        if note and note not in self.notes:
+            self.notes.append(note)
+        return loaded
+
+    def map_units(self, fn, units):
+        """``fn(unit)`` for each unit, in order: on the Dask cluster of --workers/--scheduler if given, else
+        here (tcli/distributed.py). ``fn`` and the units must pickle (a module-level function)."""
+        from .distributed import map_units
+
+        self.distributed_used = True
+        return map_units(fn, units, self.workers, self.scheduler)
+
+    def bound(self, unit, sink=None, local: bool = True):
+        """A copy of these options for one checkpoint of a sweep; its render() goes to ``sink``. ``local``:
+        it runs in this process (else on a Dask worker: its own units run there, sequentially)."""
+        import copy
+
+        o = copy.copy(self)
+        o.checkpoint, o.checkpoints, o.revision, o.units = unit.path, [unit.path], unit.revision, None
+        o.heads, o.notes, o._loaded, o.sink = list(self.heads), [], None, sink
+        if not local:
+            o.workers = o.scheduler = None
+            o._minus = {}
+        return o
+
     def selected_heads(self, all_heads: bool, required: bool = True):
         from .analyses.circuits import all_heads as every_head, check_heads
 
@@ -192,6 +262,8 @@ class Options:
             raise InputError(f"{what} at least {n} layer{'s' if n > 1 else ''}; this model has {w.cfg.n_layers}")
 
     def render(self, table, plot: str | None = None):
+        if self.sink is not None:  # one checkpoint of a sweep
+            return self.sink(self, table, plot)
         from .output.render import render, select
 
         table = select(table, self.columns, self.sort, self.limit)
@@ -219,9 +291,9 @@ def _page_options(command, fmt, out, columns, sort, limit, no_headers) -> None:
         raise InputError(f"-o {out}: {command} writes HTML; end the name in .html")
 
 
-def split_target(args: list[str]) -> tuple[str | None, list[tuple[int, int]]]:
-    """Positional words: ``L.H`` heads, and at most one checkpoint path."""
-    checkpoint, heads = None, []
+def split_target(args: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Positional words: ``L.H`` heads, and the checkpoints (several: a sweep), in argument order."""
+    checkpoints, heads = [], []
     for a in args:
         m = HEAD.match(a)
         if m and not Path(a).exists():
@@ -231,12 +303,9 @@ def split_target(args: list[str]) -> tuple[str | None, list[tuple[int, int]]]:
         elif re.search(r"\s", a) and not Path(a).exists():
             raise InputError(f"{a!r} is not a checkpoint (no such file, and a model id has no spaces)",
                              "a prompt goes in --prompt/-p TEXT")
-        elif checkpoint is None:
-            checkpoint = a
         else:
-            raise InputError(f"unexpected argument {a!r}: a checkpoint ({checkpoint!r}) is already given",
-                             "heads are written LAYER.HEAD, e.g. 1.3")
-    return checkpoint, heads
+            checkpoints.append(a)
+    return checkpoints, heads
 
 
 def handle_errors(fn):
@@ -283,28 +352,44 @@ def handle_errors(fn):
     return wrapper
 
 
-def common(sample: str = "attn-only-1l", heads: bool = False, page: bool = False):
+def common(sample: str = "attn-only-1l", heads: bool = False, page: bool = False, minus: bool = False):
     """Decorator: the shared options, parsed into an ``Options`` passed as the first argument
-    (``heads``: whether L.H words are accepted)."""
+    (``heads``: whether L.H words are accepted; ``minus``: whether --minus is). Several checkpoints: a
+    sweep (tcli/sweep.py), the command run once per checkpoint."""
 
     def decorate(fn):
         def wrapper(words: Target = None, arch: Arch = None, revision: Revision = None, cache_dir: CacheDir = None,
                     raw: Raw = False, dtype: DType = "float32", fmt: Fmt = None, out: Out = None, csv: Csv = False,
                     tsv: Tsv = False, json: Json = False, nl: Nl = False, no_headers: NoHeaders = False,
                     columns: Columns = None, sort: Sort = None, limit: Limit = None, device: Device = "cpu",
-                    **kwargs):
+                    minus: Minus = None, workers: Workers = None, scheduler: Scheduler = None, **kwargs):
             from .core import device as engine
 
             engine.use(device)
             opts = Options(words, arch, raw, dtype, fmt, out, csv, tsv, json, nl, no_headers, sample, revision,
-                           cache_dir, columns, sort, limit, fn.__name__, heads, page)
-            return fn(opts, **kwargs)
+                           cache_dir, columns, sort, limit, fn.__name__, heads, page, minus, workers, scheduler)
+            opts.device = device
+            if workers is not None or scheduler is not None:
+                from .distributed import check_flags
+
+                check_flags(workers, scheduler)
+            if opts.units is not None:
+                from .sweep import run_sweep
+
+                return run_sweep(fn, opts, kwargs)
+            result = fn(opts, **kwargs)
+            if (workers is not None or scheduler is not None) and not getattr(opts, "distributed_used", False):
+                print(f"note: --workers/--scheduler: {fn.__name__} on one checkpoint has nothing to distribute "
+                      "(it ran here)", file=sys.stderr)
+            return result
 
         import inspect
 
-        shared = list(inspect.signature(wrapper).parameters.values())[:-1]
+        shared = [p for p in list(inspect.signature(wrapper).parameters.values())[:-1]
+                  if minus or p.name != "minus"]  # a command without --minus refuses it as an unknown option
         own = list(inspect.signature(fn).parameters.values())[1:]
         command = handle_errors(wrapper)
+        command._tcli_fn = fn  # the command's own function, for a sweep's units on Dask workers (tcli/sweep.py)
         del command.__wrapped__  # typer must read the signature below
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
         command.__signature__ = inspect.Signature(shared + own)
@@ -315,7 +400,7 @@ def common(sample: str = "attn-only-1l", heads: bool = False, page: bool = False
 
 
 def command(summary: str, examples: list[str], sample: str = "attn-only-1l", heads: bool = False,
-            page: bool = False):
+            page: bool = False, minus: bool = False):
     """Register a command: ``summary`` for the command list, an Examples section in its help, the shared
     options (``common``)."""
 
@@ -325,7 +410,7 @@ def command(summary: str, examples: list[str], sample: str = "attn-only-1l", hea
         if fn.__name__ in TABLES:  # the column list comes from tcli/columns.py, as in docs/commands.md
             fn.__doc__ = fn.__doc__.rstrip() + "\n\n    " + describe(fn.__name__)
         epilog = "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
-        return app.command(short_help=summary, epilog=epilog)(common(sample, heads, page)(fn))
+        return app.command(short_help=summary, epilog=epilog)(common(sample, heads, page, minus)(fn))
 
     return decorate
 
@@ -338,13 +423,20 @@ def _positive(name: str, value: int | None) -> None:
 GLOBAL_MAX = 1_000_000  # --global N keeps N candidates in memory: 1e6 entries ≈ 16 MB; past that, --all streams
 
 
-def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None) -> int:
-    """The row modes of bigram/ov/qk exclude each other: --token, --all, --global (with -k only per row).
-    Returns -k (default 10)."""
+def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None, diagonal: bool = False,
+           bottom: bool = False) -> int:
+    """The row modes of bigram/ov/qk exclude each other: --token, --all, --global (with -k only per row);
+    --diagonal takes --token or --all (default: every row). Returns -k (default 10)."""
     _positive("--top", k)
     _positive("--global", global_n)
     if tokens and all_rows:
         raise InputError("give --token or --all, not both")
+    if diagonal:
+        clash = [o for o, on in (("--global", global_n is not None), ("-k/--top", k is not None),
+                                 ("--bottom", bottom)) if on]
+        if clash:
+            raise InputError(f"--diagonal gives one entry per row (M[t, t] and its rank): {clash[0]} does not apply")
+        return 1
     if global_n is not None and global_n > GLOBAL_MAX:
         raise InputError(f"--global {global_n} is past the limit of {GLOBAL_MAX:,} entries (the selection is held "
                          "in memory)", "stream every row with --all -k K instead")
@@ -357,20 +449,39 @@ def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None) -> int:
     return 10 if k is None else k
 
 
-def _rows(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int | None):
-    """Row selection shared by bigram/ov/qk: (row ids or None for all, global N or None, k)."""
-    k = _modes(tokens, all_rows, global_n, k)
+def _request(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int | None, bottom: bool = False,
+             diagonal: bool = False):
+    """The one row request of bigram/ov/qk (``core.stream.Request``), built from the mode options."""
+    from .core.stream import Request
+
+    k = _modes(tokens, all_rows, global_n, k, diagonal, bottom)
     _, _, vocab = opts.load()
-    if tokens:
-        return [vocab.token_id(t) for t in tokens], None, k
-    if all_rows:
-        return None, None, k
-    return None, global_n or 30, k
+    rows = tuple(vocab.token_id(t) for t in tokens) if tokens else None
+    if diagonal:
+        return Request(rows=rows, diagonal=True)
+    if tokens or all_rows:
+        return Request(rows=rows, k=k, bottom=bottom)
+    return Request(global_n=global_n or 30, bottom=bottom)
 
 
-def _progress_total(opts, rows, n_units: int = 1) -> int:
+def _minus_weights(opts: Options):
+    """The processed weights of --minus CHECKPOINT2 (vocabulary checked), or None."""
+    return opts.load_minus()[1] if opts.minus else None
+
+
+def _via(text: str | None, option: str) -> tuple[int, int] | None:
+    """A path option's head, LAYER.HEAD."""
+    if text is None:
+        return None
+    m = HEAD.match(text.strip())
+    if not m:
+        raise InputError(f"{option} {text!r} is not a head: write it as LAYER.HEAD, e.g. 0.3")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _progress_total(opts, request, n_units: int = 1) -> int:
     _, w, _ = opts.load()
-    return (w.cfg.d_vocab if rows is None else len(rows)) * n_units
+    return (w.cfg.d_vocab if request.rows is None else len(request.rows)) * n_units
 
 
 # ---------------------------------------------------------------- commands
@@ -393,9 +504,11 @@ def info(opts: Options, tensors: Annotated[bool, typer.Option("--tensors", help=
          ['tcli bigram',
           'tcli bigram --global 50 --csv > bigrams.csv',
           "tcli bigram -t ' the' -t '#464' -k 5",
-          'tcli bigram --all -k 3 -o bigrams.tsv'], sample="attn-only-0l")
+          'tcli bigram --all -k 3 -o bigrams.tsv',
+          'tcli bigram --diagonal --sort row_rank --limit 10',
+          'tcli bigram finetuned/ --minus base/ --global 20'], sample="attn-only-0l", minus=True)
 def bigram(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
-           bottom: Bottom = False):
+           bottom: Bottom = False, diagonal: Diagonal = False):
     """Direct path W_E W_U: which next tokens each token promotes (logits).
 
     Rows are the current token (src), columns the next-token logit (dst). Default: the 30 largest
@@ -404,35 +517,43 @@ def bigram(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllR
     from .analyses.ranked import bigram as run
     from .output.progress import progress
 
-    rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
+    request = _request(opts, token, all_rows, global_n, k, bottom, diagonal)
     _, w, vocab = opts.load()
-    with progress(_progress_total(opts, rows), "direct path") as advance:
-        opts.render(run(w, vocab, k, rows, global_n, bottom, advance))
+    with progress(_progress_total(opts, request), "direct path") as advance:
+        opts.render(run(w, vocab, request, advance, _minus_weights(opts)))
 
 
 @command("Full OV circuits: which logits an attended token raises.",
          ['tcli ov 0.3',
           'tcli ov --all-heads --global 20',
-          "tcli ov 0.3 -t ' the' -k 5 --json"], heads=True)
+          "tcli ov 0.3 -t ' the' -k 5 --json",
+          'tcli ov sample_weights/attn-only-2l 1.0 --via 0.5 --all -k 5 -o virtual.tsv',
+          'tcli ov 0.3 --diagonal --sort row_rank --limit 20'], heads=True, minus=True)
 def ov(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
-       bottom: Bottom = False, all_heads: AllHeads = False):
+       bottom: Bottom = False, all_heads: AllHeads = False, diagonal: Diagonal = False,
+       via: Annotated[Optional[str], typer.Option("--via", metavar="L.H", help="The virtual OV circuit through "
+                                                  "an earlier head: W_E W_OV^via W_OV W_U (V-composition).",
+                                                  show_default=False)] = None):
     """Full OV circuit W_E W_V W_O W_U of heads: which logits each attended token raises.
 
     Rows are the attended (source) token, columns the output logit. Default checkpoint: attn-only-1l."""
     from .analyses.ranked import ov as run
     from .output.progress import progress
 
-    heads = opts.selected_heads(all_heads)
-    rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
+    path = _via(via, "--via")
+    heads = _later(opts, opts.selected_heads(all_heads), path, all_heads)
+    request = _request(opts, token, all_rows, global_n, k, bottom, diagonal)
     _, w, vocab = opts.load()
-    with progress(_progress_total(opts, rows, len(heads)), "OV circuits") as advance:
-        opts.render(run(w, vocab, heads, k, rows, global_n, bottom, advance))
+    with progress(_progress_total(opts, request, len(heads)), "OV circuits") as advance:
+        opts.render(run(w, vocab, heads, request, path, advance, _minus_weights(opts)))
 
 
 @command("Full QK circuits: which keys a query token attends to.",
          ['tcli qk 0.3',
           "tcli qk 0.3 -t ' the' -k 5",
-          'tcli qk 0.3 --positional --global 10'], heads=True)
+          'tcli qk 0.3 --positional --global 10',
+          'tcli qk sample_weights/attn-only-2l 1.0 --key-via 0.5 --diagonal -o induction.tsv'], heads=True,
+         minus=True)
 def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows = False, global_n: Global = None,
        bottom: Bottom = False, all_heads: AllHeads = False,
        positional: Annotated[bool, typer.Option("--positional", help="W_pos W_QK W_pos^T (learned positions); "
@@ -441,7 +562,14 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
                                            "query.")] = 0,
        scaled: Annotated[bool, typer.Option("--scaled", help="Scale scores as the model does "
                                                                     "(1/sqrt(d_head), unless its config says "
-                                                                    "otherwise).")] = False):
+                                                                    "otherwise).")] = False,
+       diagonal: Diagonal = False,
+       key_via: Annotated[Optional[str], typer.Option("--key-via", metavar="L.H", help="The K-composition term "
+                                                      "through an earlier head: columns = the token it moves into "
+                                                      "the key.", show_default=False)] = None,
+       query_via: Annotated[Optional[str], typer.Option("--query-via", metavar="L.H", help="The Q-composition "
+                                                        "term: rows = the token the earlier head moves into the "
+                                                        "query.", show_default=False)] = None):
     """Full QK circuit W_E W_Q W_K^T W_E^T of heads: which key tokens each query token attends to.
 
     Rows are the query (destination) token, columns the key (source) token, values raw attention
@@ -449,18 +577,39 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
     from .analyses.ranked import qk as run
     from .output.progress import progress
 
-    heads = opts.selected_heads(all_heads)
+    if key_via and query_via:
+        raise InputError("give --key-via or --query-via, not both (one composition term at a time)")
+    kv, qv = _via(key_via, "--key-via"), _via(query_via, "--query-via")
+    if positional and (kv or qv or diagonal):
+        raise InputError(f"--positional is the position circuit: {'--diagonal' if diagonal else 'a path option'} "
+                         "does not apply")
+    heads = _later(opts, opts.selected_heads(all_heads), kv or qv, all_heads)
     _, w, vocab = opts.load()
     if positional:
+        from .core.stream import Request
+
         k = _modes(token, all_rows, global_n, k)
-        rows = [_position(t, w.cfg.n_ctx) for t in token] if token else None
-        global_n = None if (token or all_rows) else (global_n or 30)
+        rows = tuple(_position(t, w.cfg.n_ctx) for t in token) if token else None
+        request = (Request(rows=rows, k=k, bottom=bottom) if (token or all_rows) else
+                   Request(global_n=global_n or 30, bottom=bottom))
     else:
-        rows, global_n, k = _rows(opts, token, all_rows, global_n, k)
+        request = _request(opts, token, all_rows, global_n, k, bottom, diagonal)
     if offset < 0:
         raise InputError("--offset must be 0 or more (keys come before the query)")
-    with progress(0 if positional else _progress_total(opts, rows, len(heads)), "QK circuits") as advance:
-        opts.render(run(w, vocab, heads, k, rows, global_n, bottom, offset, scaled, positional, advance))
+    with progress(0 if positional else _progress_total(opts, request, len(heads)), "QK circuits") as advance:
+        opts.render(run(w, vocab, heads, request, offset, scaled, positional, kv, qv, advance, _minus_weights(opts)))
+
+
+def _later(opts: Options, heads, via, all_heads: bool):
+    """With a path option and --all-heads: the heads after the via head's layer (a note says so)."""
+    if via is None or not all_heads:
+        return heads
+    later = [(l, h) for l, h in heads if l > via[0]]
+    if not later:
+        raise InputError(f"no head is in a layer after {via[0]}.{via[1]}: a path runs into a later layer")
+    opts.notes.append(f"--all-heads with a path through {via[0]}.{via[1]}: the {len(later)} heads of layers "
+                      f"{via[0] + 1}–{opts.load()[1].cfg.n_layers - 1}")
+    return later
 
 
 def _position(text: str, n_ctx: int) -> int:
@@ -500,36 +649,60 @@ def skiptrigram(opts: Options, k: Top = 10, token: Tokens = None, all_heads: All
 @command("Singular values or eigenvalues of a circuit.",
          ['tcli spectrum 0.3',
           'tcli spectrum -c direct -k 10',
-          'tcli spectrum --all-heads -c qk --eigen --csv'], heads=True)
+          'tcli spectrum --all-heads -c qk --eigen --csv',
+          'tcli spectrum 0.3 --tokens -k 8 --directions 3'], heads=True)
 def spectrum(opts: Options, circuit: Annotated[Literal["direct", "ov", "qk", "wov", "wqk"], typer.Option(
                  "--circuit", "-c", help="The circuit (see below).")] = "ov",
              k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the first K values.")] = None,
              eigen: Annotated[bool, typer.Option("--eigen", help="Eigenvalues instead of singular values.")] = False,
-             all_heads: AllHeads = False, plot: Plot = None):
+             all_heads: AllHeads = False, plot: Plot = None,
+             tokens: Annotated[bool, typer.Option("--tokens", help="The tokens of the top singular directions: "
+                                                  "-k K tokens (default 10) of each left and right singular vector "
+                                                  "(ov, qk, direct).")] = False,
+             directions: Annotated[Optional[int], typer.Option("--directions", help="With --tokens: this many "
+                                                               "singular directions (default 5).",
+                                                               show_default=False)] = None):
     """Singular values (or eigenvalues) of a circuit, exact from its factors.
 
     Circuits: direct (W_E W_U), ov (W_E W_OV W_U), qk (W_E W_QK W_E^T), wov (W_V W_O), wqk (W_Q W_K^T).
+    --tokens: for each of the top --directions singular values, the -k tokens with the largest entries
+    of its left (rows') and right (columns') singular vectors, signs fixed so that the largest |entry|
+    of the left vector is positive.
     Effective rank and top-5 variance share are
     printed as notes. Default checkpoint: attn-only-1l (--all-heads when no head is named)."""
-    from .analyses.spectrum import spectrum as run
+    from .analyses.spectrum import singular_directions, spectrum as run
 
     _positive("--top", k)
+    _positive("--directions", directions)
+    if tokens and eigen:
+        raise InputError("--tokens lists singular directions: it does not combine with --eigen")
+    if directions is not None and not tokens:
+        raise InputError("--directions goes with --tokens")
     if circuit == "direct" and (opts.heads or all_heads):
         raise InputError("--circuit direct (W_E W_U) has no heads: drop the heads / --all-heads")
     heads = [] if circuit == "direct" else opts.selected_heads(all_heads or not opts.heads)
-    _, w, _ = opts.load()
+    _, w, vocab = opts.load()
+    if tokens:
+        if plot:
+            raise InputError("--plot draws the spectrum: it does not combine with --tokens")
+        opts.render(singular_directions(w, vocab, circuit, heads, directions or 5, k or 10))
+        return
     opts.render(run(w, circuit, heads, k, eigen), plot)
 
 
 @command("Head census: copying, norms, spectra, behaviour.",
          ['tcli heads',
           'tcli heads --sort -induction_score --limit 5',
-          'tcli heads --columns layer,head,copying_score --csv'], sample="attn-only-2l")
+          'tcli heads --columns layer,head,copying_score --csv'], sample="attn-only-2l", minus=True)
 def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
-                                                                    "passes (behavioural columns empty).")] = False):
+                                                                    "passes (behavioural columns empty).")] = False,
+          no_diagonal: Annotated[bool, typer.Option("--no-diagonal", help="Skip ov_diagonal_top1 (a streamed "
+                                                    "V × V pass per head).")] = False,
+          plot: Plot = None):
     """Head census: copying scores, norms, spectra and behaviour, one row per head.
 
-    Behavioural scores use seeded random tokens (see docs/commands.md).
+    Behavioural scores use seeded random tokens (see docs/commands.md). ov_diagonal_top1 is the share
+    of tokens whose largest full-OV output is the token itself (exact; one streamed V × V pass per head).
     Default checkpoint: attn-only-2l."""
     from .analyses.behaviour import BATCH
     from .analyses.heads import census
@@ -537,14 +710,18 @@ def heads(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behavi
 
     _, w, _ = opts.load()
     opts.need_layers(1, "the head census needs")
-    with progress(0 if no_behaviour else 2 * BATCH, "forward passes") as advance:
-        opts.render(census(w, not no_behaviour, advance))
+    total = (0 if no_behaviour else 2 * BATCH) + (0 if no_diagonal else w.cfg.d_vocab * w.cfg.n_layers * w.cfg.n_heads)
+    from .analyses.diff import minus
+
+    with progress(total * (2 if opts.minus else 1), "head census") as advance:
+        opts.render(minus(opts, "heads", census(w, not no_behaviour, advance, not no_diagonal),
+                          lambda w2: census(w2, not no_behaviour, advance, not no_diagonal)), plot)
 
 
 @command("Q/K/V composition scores between heads.",
          ['tcli compose',
           'tcli compose --kind k -k 10',
-          'tcli compose --plot compose.png'], sample="attn-only-2l")
+          'tcli compose --plot compose.png'], sample="attn-only-2l", minus=True)
 def compose(opts: Options, kind: Annotated[Optional[List[Kind]], typer.Option("--kind", help="Repeatable; "
                                                                               "default all.")] = None,
             k: Annotated[Optional[int], typer.Option("--top", "-k", help="Only the K strongest pairs.")] = None,
@@ -559,7 +736,9 @@ def compose(opts: Options, kind: Annotated[Optional[List[Kind]], typer.Option("-
     kinds = tuple(dict.fromkeys(x.value for x in kind)) if kind else ("q", "k", "v")
     _, w, _ = opts.load()
     opts.need_layers(2, "composition (between heads of different layers) needs")
-    opts.render(run(w, kinds, k), plot)
+    from .analyses.diff import minus
+
+    opts.render(minus(opts, "compose", run(w, kinds, k), lambda w2: run(w2, kinds, None)), plot)
 
 
 Prompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text, encoded with the "
@@ -704,19 +883,35 @@ def neurons(opts: Options, k: Top = 10,
 
 @command("One self-contained HTML page about a model.",
          ['tcli report -o report.html',
-          'tcli report path/to/model --no-behaviour -o model.html'], sample="attn-only-2l", page=True)
+          'tcli report path/to/model --no-behaviour -o model.html',
+          'tcli report --heads 0.1,1.4 -o heads.html'], sample="attn-only-2l", page=True)
 def report(opts: Options, no_behaviour: Annotated[bool, typer.Option("--no-behaviour", help="Skip the forward "
-                                                                     "passes of the census.")] = False):
+                                                                     "passes of the census.")] = False,
+           heads: Annotated[Optional[List[str]], typer.Option(
+               "--heads", help="The heads to detail, LAYER.HEAD separated by commas or spaces (0.1,1.4); "
+               "repeatable. Default: the top heads of each census score (the page states the rule).",
+               show_default=False, metavar="L.H,...")] = None):
     """One self-contained HTML page for a quick look at a model (-o report.html, or stdout when redirected).
 
     Info, the head census, spectra, composition heatmaps, the strongest bigrams and OV/QK entries of
-    the strongest heads. Data inline, no external scripts: it works offline. Default checkpoint:
-    attn-only-2l."""
+    a few heads: those of --heads, else the two highest on each census score (copying, induction,
+    previous-token, OV and QK Frobenius norm). Data inline, no external scripts: it works offline.
+    Default checkpoint: attn-only-2l."""
     from .analyses.report import report as run_report
     from .output.render import atomic_write
 
+    chosen = None
+    if heads is not None:
+        chosen = []
+        for word in (x for h in heads for x in re.split(r"[\s,]+", h) if x):
+            m = HEAD.match(word)
+            if not m:
+                raise InputError(f"--heads {word!r} is not a head: write heads as LAYER.HEAD, e.g. 0.1,1.4")
+            chosen.append((int(m.group(1)), int(m.group(2))))
+        if not chosen:
+            raise InputError("--heads is empty: write heads as LAYER.HEAD, e.g. 0.1,1.4")
     ckpt, w, vocab = opts.load()
-    page = run_report(w, vocab, ckpt, behaviour=not no_behaviour)
+    page = run_report(w, vocab, ckpt, behaviour=not no_behaviour, heads=chosen)
     if opts.out:
         atomic_write(opts.out, lambda fh: fh.write(page))
     else:

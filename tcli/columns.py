@@ -11,13 +11,25 @@ TENSORS = ["name", "dtype", "shape", "n_params"]
 BIGRAM = ["src_id", "src_token", "rank", "dst_id", "dst_token", "value"]
 OV = ["layer", "head", "src_id", "src_token", "rank", "out_id", "out_token", "value"]
 QK = ["layer", "head", "query_id", "query_token", "rank", "key_id", "key_token", "value"]
+DIAGONAL = ["token_id", "token", "value", "row_rank"]  # --diagonal: M[t, t] and its rank in row t
+
+
+def via(cols: list[str]) -> list[str]:
+    """A path circuit's columns (``--via``, ``--key-via``, ``--query-via``): via_layer, via_head after head."""
+    i = cols.index("head") + 1
+    return cols[:i] + ["via_layer", "via_head"] + cols[i:]
+
+
+OV_DIAGONAL, QK_DIAGONAL = ["layer", "head"] + DIAGONAL, ["layer", "head"] + DIAGONAL
 SKIPTRIGRAM = ["layer", "head", "rank", "src_id", "src_token", "dst_id", "dst_token", "out_id", "out_token",
                "qk", "ov", "score", "z_qk", "z_ov"]
 SPECTRUM = ["circuit", "layer", "head", "index", "singular_value", "cumulative_variance"]
+SPECTRUM_TOKENS = ["circuit", "layer", "head", "index", "singular_value", "side", "rank", "token_id", "token",
+                   "weight"]
 EIGEN = ["circuit", "layer", "head", "index", "real", "imag", "abs"]
 HEADS = ["layer", "head", "copying_score", "wov_copying_score", "ov_frobenius", "qk_frobenius",
          "ov_top_singular_value", "ov_effective_rank", "prev_token_score", "induction_score", "wov_frobenius",
-         "wqk_frobenius"]
+         "wqk_frobenius", "ov_diagonal_top1"]
 COMPOSE = ["kind", "layer1", "head1", "layer2", "head2", "score", "baseline"]
 DECOMPOSE = ["component", "layer", "head", "value", "label"]
 LENS = ["layer", "position", "rank", "token_id", "token", "logit"]
@@ -29,11 +41,12 @@ CENSUS = ["layer", "neuron", "side", "rank", "z_score", "top_id", "top_value", "
 # command -> [(when, columns)]: the first entry is the default table
 TABLES = {
     "info": [("", INFO), ("--tensors", TENSORS)],
-    "bigram": [("", BIGRAM)],
-    "ov": [("", OV)],
-    "qk": [("", QK)],
+    "bigram": [("", BIGRAM), ("--diagonal", DIAGONAL)],
+    "ov": [("", OV), ("--via", via(OV)), ("--diagonal", OV_DIAGONAL), ("--via --diagonal", via(OV_DIAGONAL))],
+    "qk": [("", QK), ("--key-via/--query-via", via(QK)), ("--diagonal", QK_DIAGONAL),
+           ("--key-via/--query-via --diagonal", via(QK_DIAGONAL))],
     "skiptrigram": [("", SKIPTRIGRAM)],
-    "spectrum": [("", SPECTRUM), ("--eigen", EIGEN)],
+    "spectrum": [("", SPECTRUM), ("--eigen", EIGEN), ("--tokens", SPECTRUM_TOKENS)],
     "heads": [("", HEADS)],
     "compose": [("", COMPOSE)],
     "decompose": [("", DECOMPOSE), ("--neurons", DECOMPOSE + ["neuron"])],

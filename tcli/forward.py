@@ -1,10 +1,15 @@
 """A numpy forward pass for every supported family, keeping the residual-stream pieces it adds.
 
 Legend: T = prompt length, d = d_model, H = n_heads, e = d_head, m = d_mlp, V = d_vocab.
-Pre-norm block (GPT-2, NeoX, Llama):   x = x + attn(ln1(x));  x = x + mlp(ln2(x))
-Parallel block (NeoX):                 x = x + attn(ln1(x)) + mlp(ln2(x))
-Post-norm block (BERT):                x = ln1(x + attn(x));  x = ln2(x + mlp(x))
-Logits: ln_final(x) @ W_U + b_U (BERT: x @ W_E^T, no final norm).
+One small function per block kind (``BLOCKS``), each returning the new residual and a ``Layer`` record:
+  pre-norm (GPT-2, Llama):     x = x + attn(ln1(x));  x = x + mlp(ln2(x))
+  parallel (NeoX, GPT-J):      x = x + attn(ln1(x)) + mlp(ln2(x))
+  post-norm (BERT):            x = ln1(x + attn(x));  x = ln2(x + mlp(x))
+  sandwich (Gemma 2/3):        x = x + ln1_post(attn(ln1(x)));  x = x + ln2_post(mlp(ln2(x)))
+  sublayer (OLMo 2):           x = x + ln1_post(attn(x));       x = x + ln2_post(mlp(x))
+Attention: q, k, v = x W + b per head; optional QK-norm (RMSNorm of q and k per head, or over the whole
+projection); rotary; scores = q·k · scale; optional soft-cap c·tanh(s / c); causal / sliding-window mask.
+Logits: ln_final(x) @ W_U + b_U, then an optional soft-cap (BERT: x @ W_E^T, no final norm).
 Every norm records its frozen linear map (mean and scale per position), so that any part of
 its input can be pushed through it exactly as the real run did (``Norm.apply``).
 """
@@ -78,11 +83,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 # ------------------------------------------------------------------ norms
 @dataclass
 class Norm:
-    """A norm applied to x [T, d], frozen: y = (x - mean) * scale * w + b (RMSNorm: mean = 0)."""
+    """A norm applied to x [..., T, d], frozen: y = (x - mean) * scale * w + b (RMSNorm: mean = 0)."""
 
     kind: str
-    mean: np.ndarray  # [T, 1]
-    scale: np.ndarray  # [T, 1]
+    mean: np.ndarray  # [..., T, 1]
+    scale: np.ndarray  # [..., T, 1]
     w: np.ndarray  # [d]
     b: np.ndarray  # [d]
 
@@ -95,30 +100,46 @@ class Norm:
         return out + self.b if bias else out
 
 
-def norm(cfg: ModelConfig, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Norm]:
-    """LayerNorm or RMSNorm over the last axis of x [T, d]; returns (output, frozen Norm)."""
-    if cfg.norm == "none":
-        n = Norm("none", np.zeros(x.shape[:-1] + (1,), x.dtype), np.ones(x.shape[:-1] + (1,), x.dtype), w, b)
-        return x, n
-    if cfg.norm == "layernorm":
+def norm(cfg: ModelConfig, x: np.ndarray, w: np.ndarray, b: np.ndarray, kind: str | None = None
+         ) -> tuple[np.ndarray, Norm]:
+    """LayerNorm or RMSNorm (``kind``, default the model's) over the last axis of x [..., d];
+    returns (output, frozen Norm)."""
+    kind = kind or cfg.norm
+    ones = np.ones(x.shape[:-1] + (1,), x.dtype)
+    if kind == "none":
+        return x, Norm("none", 0 * ones, ones, w, b)
+    if kind == "layernorm":
         mean = x.mean(-1, keepdims=True)
         var = ((x - mean) ** 2).mean(-1, keepdims=True)
     else:
-        mean = np.zeros(x.shape[:-1] + (1,), x.dtype)
+        mean = 0 * ones
         var = (x**2).mean(-1, keepdims=True)
     scale = 1.0 / np.sqrt(var + cfg.eps)
-    n = Norm(cfg.norm, mean, scale, w, b)
-    return (x - mean) * scale * w + b, n
+    return (x - mean) * scale * w + b, Norm(kind, mean, scale, w, b)
+
+
+def layer_norm(cfg: ModelConfig, w, name: str, x: np.ndarray) -> tuple[np.ndarray, Norm]:
+    """The model's norm ``name`` (``blocks.l.ln1`` …: tensors ``name.w``, ``name.b``) applied to x [T, d]."""
+    return norm(cfg, x, w[name + ".w"], w[name + ".b"])
 
 
 # ------------------------------------------------------------------ rotary
-def rotary_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def layer_rope(cfg: ModelConfig, layer: int | None) -> dict:
+    """Layer ``layer``'s rotary settings {base, scale, llama3} (per-layer bases: Gemma 3's local/global
+    layers); ``None``: the model's global settings."""
+    per_layer = cfg.extras.get("layer_rope")
+    if layer is not None and per_layer is not None and per_layer[layer] is not None:
+        return per_layer[layer]
+    return {"base": cfg.rotary_base, "scale": cfg.rotary_scale, "llama3": cfg.extras.get("rope_llama3")}
+
+
+def rotary_tables(cfg: ModelConfig, positions: np.ndarray, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [T, rotary_dim / 2] for rotate-half RoPE: θ_i = base^(-2i / rotary_dim)."""
-    rd = cfg.rotary_dim
-    inv_freq = 1.0 / (cfg.rotary_base ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
-    if cfg.extras.get("rope_llama3"):
-        inv_freq = llama3_frequencies(inv_freq, **cfg.extras["rope_llama3"])
-    angles = (np.asarray(positions, dtype=np.float64) / cfg.rotary_scale)[:, None] * inv_freq[None]
+    rd, rope = cfg.rotary_dim, layer_rope(cfg, layer)
+    inv_freq = 1.0 / (rope["base"] ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    if rope.get("llama3"):
+        inv_freq = llama3_frequencies(inv_freq, **rope["llama3"])
+    angles = (np.asarray(positions, dtype=np.float64) / rope["scale"])[:, None] * inv_freq[None]
     return np.cos(angles), np.sin(angles)
 
 
@@ -135,39 +156,69 @@ def llama3_frequencies(inv_freq: np.ndarray, factor: float, low_freq_factor: flo
 
 
 def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int) -> np.ndarray:
-    """Rotate the first rotary_dim features of x [..., T, e] pairwise (i, i + rotary_dim/2), as HF."""
+    """Rotate the first rotary_dim features of x [..., T, e] pairwise (i, i + rotary_dim/2), as HF.
+    (Interleaved pairs (2i, 2i + 1), GPT-J's, are permuted to this form when loaded: ``rotary_pairs``.)"""
     half = rotary_dim // 2
     x1, x2 = x[..., :half], x[..., half:rotary_dim]
     cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., rotary_dim:]], axis=-1)
 
 
-# ------------------------------------------------------------------ the model
+# ------------------------------------------------------------------ per-layer record and cache
+@dataclass
+class Layer:
+    """What block l computed (one record per layer). Shapes: [T, d] unless noted."""
+
+    resid_pre: np.ndarray  # entering the block
+    pattern: np.ndarray  # [H, T, T] attention weights, rows = destination
+    head_out: np.ndarray  # [H, T, d] each head's write z_h W_O^h (before any post-sublayer norm)
+    attn_bias: np.ndarray  # [d] b_O
+    mlp_out: np.ndarray  # MLP output incl. b_out (before any post-sublayer norm); zeros when attention-only
+    mlp_act: np.ndarray | None  # [T, m] post-activation hidden that multiplies W_out (None: attention-only)
+    resid_post: np.ndarray  # leaving the block
+    ln1: Norm | None = None  # before attention (pre, parallel, sandwich); after the attention add (post)
+    ln2: Norm | None = None  # before the MLP; after the MLP add (post)
+    attn_post: Norm | None = None  # sandwich / sublayer: on the attention output, before the residual add
+    mlp_post: Norm | None = None  # sandwich / sublayer: on the MLP output, before the residual add
+    q_norm: Norm | None = None  # QK-norm of the queries (scale [H, T, 1], or [T, 1] over the whole projection)
+    k_norm: Norm | None = None
+
+
 @dataclass
 class Cache:
-    """What one forward pass computed, per layer l (lists indexed by l)."""
+    """What one forward pass computed: the embeddings, one ``Layer`` per block, the final norm and logits.
+    The list attributes (``cache.pattern[l]`` …) are views over ``layers``."""
 
     tokens: np.ndarray  # [T]
-    embed: np.ndarray  # [T, d] token embedding
+    embed: np.ndarray  # [T, d] token embedding (times any embedding scale)
     pos_embed: np.ndarray  # [T, d] learned positions (zeros otherwise)
     type_embed: np.ndarray  # [T, d] BERT token types (zeros otherwise)
     embed_norm: Norm | None = None
     resid_embed: np.ndarray | None = None  # [T, d] the stream entering block 0 (after any embedding norm)
-    resid_pre: list = field(default_factory=list)  # [T, d] entering block l
-    head_out: list = field(default_factory=list)  # [H, T, d] each head's write, z_h W_O^h
-    attn_bias: list = field(default_factory=list)  # [d] b_O
-    pattern: list = field(default_factory=list)  # [H, T, T] attention weights, rows = destination
-    mlp_out: list = field(default_factory=list)  # [T, d] (includes b_out)
-    mlp_act: list = field(default_factory=list)  # [T, m] post-activation hidden that multiplies W_out (None: attn-only)
-    norms: list = field(default_factory=list)  # (ln1, ln2) frozen Norms of block l
-    resid_post: list = field(default_factory=list)  # [T, d] leaving block l
+    layers: list[Layer] = field(default_factory=list)
     final_norm: Norm | None = None
+    logits_precap: np.ndarray | None = None  # [T, V] before the final soft-cap (= logits without one)
     logits: np.ndarray | None = None  # [T, V]
 
+    def _each(self, name: str) -> list:
+        return [getattr(layer, name) for layer in self.layers]
 
+    resid_pre = property(lambda self: self._each("resid_pre"))
+    head_out = property(lambda self: self._each("head_out"))
+    attn_bias = property(lambda self: self._each("attn_bias"))
+    pattern = property(lambda self: self._each("pattern"))
+    mlp_out = property(lambda self: self._each("mlp_out"))
+    mlp_act = property(lambda self: self._each("mlp_act"))
+    resid_post = property(lambda self: self._each("resid_post"))
+    norms = property(lambda self: [(layer.ln1, layer.ln2) for layer in self.layers])
+
+
+# ------------------------------------------------------------------ attention and MLP
 def attention_scale(cfg: ModelConfig, l: int) -> float:
-    """The factor on q·k: 1/sqrt(d_head) (unless the config turns it off), and 1/(l + 1) where asked."""
-    s = 1.0 / math.sqrt(cfg.d_head) if cfg.scale_attn else 1.0
+    """The factor on q·k: 1/sqrt(d_head), or the config's own (``attn_scale``: Gemma 2's
+    query_pre_attn_scalar^-1/2, Granite's attention_multiplier), 1 where scaling is off (GPT-2's option,
+    GPT-Neo), and 1/(l + 1) where asked."""
+    s = (cfg.attn_scale or 1.0 / math.sqrt(cfg.d_head)) if cfg.scale_attn else 1.0
     return s / (l + 1) if cfg.scale_attn_by_layer else s
 
 
@@ -177,8 +228,32 @@ def layer_window(cfg: ModelConfig, l: int) -> int | None:
     return windows[l] if windows is not None else cfg.extras.get("sliding_window")
 
 
-def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray):
-    """Multi-head attention on x [T, d]: returns (head_out [H, T, d], pattern [H, T, T])."""
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap · tanh(x / cap) (Gemma 2's attention and final-logit soft-capping); cap 0: x."""
+    return np.tanh(x / cap) * cap if cap else x
+
+
+def qk_norm(cfg: ModelConfig, w, p: str, q: np.ndarray, k: np.ndarray):
+    """QK-norm of q, k [H, T, e]: RMSNorm per head over e (``head``: Qwen 3, Gemma 3; weights [e]) or over
+    the whole projection H·e (``full``: OLMo 2; weights [H, e]). Returns (q, k, q Norm, k Norm)."""
+    if cfg.qk_norm == "none":
+        return q, k, None, None
+    out = []
+    for x, name in ((q, "q_norm_w"), (k, "k_norm_w")):
+        wn = w[p + name]
+        if cfg.qk_norm == "head":
+            y, n = norm(cfg, x, wn, np.zeros_like(wn), "rmsnorm")
+        else:  # over the whole projection [T, H·e]; K heads are repeated copies, so their mean square is the same
+            H, T, e = x.shape
+            flat = x.transpose(1, 0, 2).reshape(T, H * e)
+            y, n = norm(cfg, flat, wn.reshape(-1), np.zeros(H * e, x.dtype), "rmsnorm")
+            y = y.reshape(T, H, e).transpose(1, 0, 2)
+        out += [y, n]
+    return out[0], out[2], out[1], out[3]
+
+
+def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray) -> dict:
+    """Multi-head attention on x [T, d]: {head_out [H, T, d], pattern [H, T, T], q_norm, k_norm}."""
     p = f"blocks.{l}.attn."
     H, e, T = cfg.n_heads, cfg.d_head, x.shape[0]
     W = np.concatenate([w[p + "W_Q"], w[p + "W_K"], w[p + "W_V"]])  # [3H, d, e]
@@ -186,24 +261,28 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
     qkv = qkv.reshape(T, 3 * H, e).transpose(1, 0, 2)  # [3H, T, e]
     b = np.concatenate([w[p + "b_Q"], w[p + "b_K"], w[p + "b_V"]])[:, None]  # [3H, 1, e]
     q, k, v = np.split(qkv + b, 3)  # each [H, T, e]
+    q, k, q_n, k_n = qk_norm(cfg, w, p, q, k)
     if cfg.positional == "rotary":
-        cos, sin = rotary_tables(cfg, positions)
+        cos, sin = rotary_tables(cfg, positions, l)
         q, k = apply_rotary(q, cos, sin, cfg.rotary_dim), apply_rotary(k, cos, sin, cfg.rotary_dim)
-    scores = q @ k.transpose(0, 2, 1) * attention_scale(cfg, l)  # [H, T_dst, T_src]
+    scores = softcap(q @ k.transpose(0, 2, 1) * attention_scale(cfg, l), cfg.attn_softcap)  # [H, T_dst, T_src]
+    masked = scores
     if cfg.causal:
-        scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+        masked = np.where(np.tril(np.ones((T, T), bool)), masked, -np.inf)
     window = layer_window(cfg, l)
     if window and cfg.causal:
         i = np.arange(T)
-        scores = np.where(i[:, None] - i[None, :] < window, scores, -np.inf)
-    pattern = softmax(scores)
+        masked = np.where(i[:, None] - i[None, :] < window, masked, -np.inf)
+    pattern = softmax(masked)
     z = pattern @ v  # [H, T, e]
-    return z @ w[p + "W_O"], pattern  # [H, T, e] @ [H, e, d] -> [H, T, d]
+    return {"head_out": z @ w[p + "W_O"], "pattern": pattern, "q_norm": q_n, "k_norm": k_n}
 
 
-def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """x [T, d] → (out [T, d], hidden [T, m]): hidden = act(x W_in + b_in), out = hidden W_out + b_out;
-    gated (SwiGLU): hidden = act(x W_gate + b_gate) * (x W_in + b_in)."""
+    gated (SwiGLU): hidden = act(x W_gate + b_gate) * (x W_in + b_in). Attention-only: (0, None)."""
+    if cfg.attn_only:
+        return np.zeros_like(x), None
     p = f"blocks.{l}.mlp."
     pre = x @ w[p + "W_in"] + w[p + "b_in"]
     if cfg.gated_mlp:
@@ -213,8 +292,81 @@ def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return hidden @ w[p + "W_out"] + w[p + "b_out"], hidden
 
 
+def _record(x_in, att, b_O, out, hidden, x_out, **norms) -> Layer:
+    return Layer(x_in, att["pattern"], att["head_out"], b_O, out, hidden, x_out, q_norm=att["q_norm"],
+                 k_norm=att["k_norm"], **norms)
+
+
+# ------------------------------------------------------------------ blocks: (cfg, w, l, x, positions) -> (x, Layer)
+def pre_norm_block(cfg, w, l, x, positions):
+    """x = x + attn(ln1(x));  x = x + mlp(ln2(x))."""
+    p = f"blocks.{l}."
+    a_in, ln1 = layer_norm(cfg, w, p + "ln1", x)
+    att = attention(cfg, w, l, a_in, positions)
+    mid = x + att["head_out"].sum(0) + w[p + "attn.b_O"]
+    m_in, ln2 = layer_norm(cfg, w, p + "ln2", mid) if not cfg.attn_only else (mid, None)
+    out, hidden = mlp(cfg, w, l, m_in)
+    return mid + out, _record(x, att, w[p + "attn.b_O"], out, hidden, mid + out, ln1=ln1, ln2=ln2)
+
+
+def parallel_block(cfg, w, l, x, positions):
+    """x = x + attn(ln1(x)) + mlp(ln2(x)) (one shared norm where ln2 reads ln1's tensors: GPT-J)."""
+    p = f"blocks.{l}."
+    a_in, ln1 = layer_norm(cfg, w, p + "ln1", x)
+    att = attention(cfg, w, l, a_in, positions)
+    m_in, ln2 = layer_norm(cfg, w, p + "ln2", x) if not cfg.attn_only else (x, None)
+    out, hidden = mlp(cfg, w, l, m_in)
+    new = x + att["head_out"].sum(0) + w[p + "attn.b_O"] + out
+    return new, _record(x, att, w[p + "attn.b_O"], out, hidden, new, ln1=ln1, ln2=ln2)
+
+
+def post_norm_block(cfg, w, l, x, positions):
+    """x = ln1(x + attn(x));  x = ln2(x + mlp(x))."""
+    p = f"blocks.{l}."
+    att = attention(cfg, w, l, x, positions)
+    mid, ln1 = layer_norm(cfg, w, p + "ln1", x + att["head_out"].sum(0) + w[p + "attn.b_O"])
+    out, hidden = mlp(cfg, w, l, mid)
+    new, ln2 = layer_norm(cfg, w, p + "ln2", mid + out) if not cfg.attn_only else (mid, None)
+    return new, _record(x, att, w[p + "attn.b_O"], out, hidden, new, ln1=ln1, ln2=ln2)
+
+
+def sandwich_block(cfg, w, l, x, positions):
+    """x = x + ln1_post(attn(ln1(x)));  x = x + ln2_post(mlp(ln2(x))) (``sublayer``: no ln1, ln2)."""
+    p = f"blocks.{l}."
+    pre = cfg.norm_placement == "sandwich"
+    a_in, ln1 = layer_norm(cfg, w, p + "ln1", x) if pre else (x, None)
+    att = attention(cfg, w, l, a_in, positions)
+    a_out, attn_post = layer_norm(cfg, w, p + "ln1_post", att["head_out"].sum(0) + w[p + "attn.b_O"])
+    mid = x + a_out
+    ln2 = mlp_post = None
+    if cfg.attn_only:
+        out, hidden, new = np.zeros_like(x), None, mid
+    else:
+        m_in, ln2 = layer_norm(cfg, w, p + "ln2", mid) if pre else (mid, None)
+        out, hidden = mlp(cfg, w, l, m_in)
+        m_out, mlp_post = layer_norm(cfg, w, p + "ln2_post", out)
+        new = mid + m_out
+    return new, _record(x, att, w[p + "attn.b_O"], out, hidden, new, ln1=ln1, ln2=ln2, attn_post=attn_post,
+                        mlp_post=mlp_post)
+
+
+BLOCKS = {"pre": pre_norm_block, "parallel": parallel_block, "post": post_norm_block,
+          "sandwich": sandwich_block, "sublayer": sandwich_block}
+
+
+def block_kind(cfg: ModelConfig) -> str:
+    """Which ``BLOCKS`` function runs the model's blocks."""
+    if cfg.norm_placement == "pre" and cfg.parallel_attn_mlp:
+        return "parallel"
+    return cfg.norm_placement
+
+
+# ------------------------------------------------------------------ the model
 def run(w, tokens, token_types=None) -> Cache:
-    """Run the model on token ids [T]; return the Cache with every residual-stream piece and the logits."""
+    """Run the model on token ids [T]; return the Cache with every residual-stream piece and the logits.
+    ``w``: weights, or processed weights (whose ``forward_view`` leaves out folds that are exact for
+    circuits only)."""
+    w = getattr(w, "forward_view", w)
     cfg: ModelConfig = w.cfg
     tokens = np.asarray(tokens)
     T = len(tokens)
@@ -228,43 +380,14 @@ def run(w, tokens, token_types=None) -> Cache:
     cache = Cache(tokens, embed, pos, types)
     x = embed + pos + types
     if cfg.embed_norm:
-        x, cache.embed_norm = norm(cfg, x, w["embed.ln.w"], w["embed.ln.b"])
+        x, cache.embed_norm = layer_norm(cfg, w, "embed.ln", x)
     cache.resid_embed = x
+    block = BLOCKS[block_kind(cfg)]
     for l in range(cfg.n_layers):
-        p = f"blocks.{l}."
-        cache.resid_pre.append(x)
-        ln2 = None
-        if cfg.norm_placement == "post":
-            heads, pattern = attention(cfg, w, l, x, positions)
-            x, ln1 = norm(cfg, x + heads.sum(0) + w[p + "attn.b_O"], w[p + "ln1.w"], w[p + "ln1.b"])
-            out, hidden = mlp(cfg, w, l, x) if not cfg.attn_only else (np.zeros_like(x), None)
-            if not cfg.attn_only:
-                x, ln2 = norm(cfg, x + out, w[p + "ln2.w"], w[p + "ln2.b"])
-        else:
-            a_in, ln1 = norm(cfg, x, w[p + "ln1.w"], w[p + "ln1.b"])
-            heads, pattern = attention(cfg, w, l, a_in, positions)
-            attn_out = heads.sum(0) + w[p + "attn.b_O"]
-            hidden = None
-            if cfg.attn_only:
-                out = np.zeros_like(x)
-                x = x + attn_out
-            elif cfg.parallel_attn_mlp:
-                m_in, ln2 = norm(cfg, x, w[p + "ln2.w"], w[p + "ln2.b"])
-                out, hidden = mlp(cfg, w, l, m_in)
-                x = x + attn_out + out
-            else:
-                x = x + attn_out
-                m_in, ln2 = norm(cfg, x, w[p + "ln2.w"], w[p + "ln2.b"])
-                out, hidden = mlp(cfg, w, l, m_in)
-                x = x + out
-        cache.head_out.append(heads)
-        cache.attn_bias.append(w[p + "attn.b_O"])
-        cache.pattern.append(pattern)
-        cache.mlp_out.append(out)
-        cache.mlp_act.append(hidden)
-        cache.norms.append((ln1, ln2))
-        cache.resid_post.append(x)
+        x, layer = block(cfg, w, l, x, positions)
+        cache.layers.append(layer)
     if cfg.final_norm and cfg.norm != "none":
-        x, cache.final_norm = norm(cfg, x, w["ln_final.w"], w["ln_final.b"])
-    cache.logits = x @ w["unembed.W_U"] + w["unembed.b_U"]
+        x, cache.final_norm = layer_norm(cfg, w, "ln_final", x)
+    cache.logits_precap = x @ w["unembed.W_U"] + w["unembed.b_U"]
+    cache.logits = softcap(cache.logits_precap, cfg.final_softcap)
     return cache

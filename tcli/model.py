@@ -11,6 +11,8 @@ Canonical layout (row vectors, x @ W), as TransformerLens:
                                                             post-norm: after attn/MLP)
   blocks.{l}.attn.W_Q/W_K/W_V [H, d, e]    blocks.{l}.attn.W_O [H, e, d]
   blocks.{l}.attn.b_Q/b_K/b_V [H, e]       blocks.{l}.attn.b_O [d]
+  blocks.{l}.attn.q_norm_w/k_norm_w [e]    (QK-norm per head; [H, e] over the whole projection)
+  blocks.{l}.ln1_post.w/b, ln2_post.w/b [d] (sandwich norms on the attention / MLP outputs)
   blocks.{l}.mlp.W_in/W_gate [d, m]  b_in [m]  blocks.{l}.mlp.W_out [m, d]  b_out [d]
   ln_final.w/b [d]            unembed.W_U [d, V]           unembed.b_U [V]
 K/V heads of grouped-query models are expanded to one per query head (query head h uses
@@ -22,6 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 NORMS = ("layernorm", "rmsnorm", "none")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "sublayer")
+QK_NORMS = ("none", "head", "full")
 POSITIONALS = ("learned", "rotary", "none")
 ACT_FNS = ("gelu_new", "gelu", "relu", "silu")
 
@@ -40,7 +44,7 @@ class ModelConfig:
     n_kv_heads: int = 0  # 0 means n_heads
     d_mlp: int = 0  # 0 for attention-only models
     norm: str = "layernorm"  # layernorm | rmsnorm | none
-    norm_placement: str = "pre"  # pre | post
+    norm_placement: str = "pre"  # pre | post | sandwich (pre and post-sublayer norms) | sublayer (post-sublayer only)
     eps: float = 1e-5
     positional: str = "learned"  # learned | rotary | none
     rotary_dim: int = 0
@@ -55,6 +59,10 @@ class ModelConfig:
     scale_attn: bool = True  # scores divided by sqrt(d_head) (GPT-2's scale_attn_weights)
     scale_attn_by_layer: bool = False  # and by (layer + 1) (GPT-2's scale_attn_by_inverse_layer_idx)
     final_norm: bool = True
+    qk_norm: str = "none"  # none | head (RMSNorm of q, k per head over d_head) | full (over the whole projection)
+    attn_scale: float = 0.0  # the factor on q·k when the config sets one; 0: 1/sqrt(d_head)
+    attn_softcap: float = 0.0  # scores -> c tanh(scores / c) (0: none)
+    final_softcap: float = 0.0  # logits -> c tanh(logits / c) (0: none)
     embed_norm: bool = False
     n_token_types: int = 0
     unembed_note: str = ""
@@ -75,6 +83,8 @@ def layer_names(l: int) -> dict[str, str]:
     p = f"blocks.{l}."
     return {
         "ln1.w": p + "ln1.w", "ln1.b": p + "ln1.b", "ln2.w": p + "ln2.w", "ln2.b": p + "ln2.b",
+        **{f"{n}_post.{x}": f"{p}{n}_post.{x}" for n in ("ln1", "ln2") for x in "wb"},
+        "q_norm_w": p + "attn.q_norm_w", "k_norm_w": p + "attn.k_norm_w",
         **{k: p + "attn." + k for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")},
         **{k: p + "mlp." + k for k in ("W_in", "b_in", "W_gate", "b_gate", "W_out", "b_out")},
     }
@@ -90,8 +100,10 @@ def canonical_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
     for l in range(cfg.n_layers):
         n = layer_names(l)
-        for k in ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "b_O", "b_out"):
+        for k in ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "ln1_post.w", "ln1_post.b", "ln2_post.w", "ln2_post.b",
+                  "b_O", "b_out"):
             shapes[n[k]] = (d,)
+        shapes[n["q_norm_w"]] = shapes[n["k_norm_w"]] = (e,) if cfg.qk_norm != "full" else (H, e)
         for k in ("W_Q", "W_K", "W_V"):
             shapes[n[k]] = (H, d, e)
         for k in ("b_Q", "b_K", "b_V"):

@@ -11,7 +11,16 @@ Steps (SPEC §2), each a pure function of raw tensors:
   fold_value_biases  b_O += Σ_h b_V[h] W_O[h], b_V = 0 (exact: attention weights sum to 1).
 After processing, norm weights read as ones and norm biases as zeros. Post-norm models (BERT) get only
 fold_value_biases, as TransformerLens's HookedEncoder processes nothing that changes a circuit: their OV
-and QK circuits, spectra and copying scores are those of the raw weights.
+and QK circuits, spectra and copying scores are those of the raw weights. Sandwich models (Gemma 2/3) fold
+their pre-norms and the final norm; sublayer models (OLMo 2, no pre-norms) the final norm only.
+
+Two folds are exact for circuits only (``CIRCUIT_STEPS``, applied with ``center_unembed``, the circuit
+commands' processing); ``forward_view`` is the same view without them, and the forward pass uses it:
+  fold_qk_norm       QK-norm q̂ = (x W_Q + b_Q) / rms · w_q: W_Q, b_Q (and K) take w_q, w_k; the
+                     per-token 1/rms (a positive factor per query and per key) is left out.
+  fold_sublayer_norms  a norm on a sublayer's output, RMS(o) · w: W_O, b_O take ln1_post.w and W_out,
+                     b_out take ln2_post.w; the per-position 1/rms is left out.
+``ProcessedWeights.notes`` says, one line each, what circuits leave out for the model (also soft-caps).
 """
 
 from __future__ import annotations
@@ -22,20 +31,46 @@ import numpy as np
 
 from .model import ModelConfig
 
-STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "fold_qk_norm",
+         "fold_sublayer_norms")
+CIRCUIT_STEPS = ("fold_qk_norm", "fold_sublayer_norms")  # exact for circuits only: the forward pass leaves them out
 
 
 def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
-    """The processing steps that are exact for this architecture."""
+    """The processing steps that are exact for this architecture (circuit-only steps included)."""
     if cfg.norm_placement == "post":  # as TransformerLens's HookedEncoder: nothing that changes a circuit
         return ("fold_value_biases",)
     steps = []
-    if cfg.norm_placement == "pre" and cfg.norm != "none":
+    if cfg.norm != "none" and (cfg.norm_placement != "sublayer" or cfg.final_norm):
         steps.append("fold_ln")
     if cfg.norm_placement == "pre" and cfg.norm == "layernorm":
         steps.append("center_writing_weights")
     steps += ["center_unembed", "fold_value_biases"]
+    if cfg.qk_norm != "none":
+        steps.append("fold_qk_norm")
+    if cfg.norm_placement in ("sandwich", "sublayer"):
+        steps.append("fold_sublayer_norms")
     return tuple(steps)
+
+
+def circuit_notes(cfg: ModelConfig, steps: tuple[str, ...]) -> list[str]:
+    """One line per input-dependent mechanism that weight circuits (ov, qk, bigram, …) leave out."""
+    notes = []
+    if cfg.qk_norm != "none":
+        how = "folded into W_Q, W_K" if "fold_qk_norm" in steps else "not folded (--raw)"
+        notes.append(f"QK-norm: its weights are {how}; the per-token 1/rms of q and k is left out (QK circuits "
+                     "are exact up to a positive factor per query and per key)")
+    if cfg.norm_placement in ("sandwich", "sublayer"):
+        how = "folded into W_O, b_O, W_out, b_out" if "fold_sublayer_norms" in steps else "not folded (--raw)"
+        notes.append(f"norms on the attention/MLP outputs: their weights are {how}; the per-position 1/rms is "
+                     "left out (OV circuits and neuron writes are exact up to a positive factor per position)")
+    if cfg.attn_softcap:
+        notes.append(f"attention soft-cap c·tanh(s / c), c = {cfg.attn_softcap:g}: QK circuits give the scores "
+                     "before the cap (same order)")
+    if cfg.final_softcap:
+        notes.append(f"final-logit soft-cap c·tanh(l / c), c = {cfg.final_softcap:g}: circuits give logits "
+                     "before the cap (same order)")
+    return notes
 
 
 def center(x: np.ndarray, axis: int = -1, inplace: bool = False) -> np.ndarray:
@@ -71,6 +106,21 @@ class ProcessedWeights:
         self.raw, self.cfg, self.dtype = raw, raw.cfg, raw.dtype
         self.steps = tuple(steps)
         self._cache: dict[str, np.ndarray] = {}
+        self._forward_view = None
+
+    @property
+    def forward_view(self) -> "ProcessedWeights":
+        """This view without the circuit-only folds (what the forward pass reads)."""
+        if not set(self.steps) & set(CIRCUIT_STEPS):
+            return self
+        if self._forward_view is None:
+            self._forward_view = ProcessedWeights(self.raw, tuple(s for s in self.steps if s not in CIRCUIT_STEPS))
+        return self._forward_view
+
+    @property
+    def notes(self) -> list[str]:
+        """What weight circuits leave out for this model (``circuit_notes``)."""
+        return circuit_notes(self.cfg, self.steps)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._cache:
@@ -106,14 +156,32 @@ class ProcessedWeights:
                 b = fold_norm_bias(b, raw["unembed.W_U"], raw["ln_final.b"])
             return center(b) if "center_unembed" in self.steps else b
         m = self._LAYER.match(name)
+        fold_pre = fold and cfg.norm_placement != "sublayer"  # sublayer models have no pre-norms
+        qk_fold = "fold_qk_norm" in self.steps
+        post_fold = "fold_sublayer_norms" in self.steps
         if name.startswith("ln_final.") or (m and m.group(2) in ("ln1", "ln2")):
-            if fold:
+            if fold if name.startswith("ln_final.") else fold_pre:
                 return (np.ones if name.endswith(".w") else np.zeros)(raw.shapes[name], self.dtype)
             return raw[name]
+        if m and m.group(2) in ("ln1_post", "ln2_post") and post_fold and name.endswith(".w"):
+            return np.ones(raw.shapes[name], self.dtype)
         if not m:
             return raw[name]
         l, block, short = int(m.group(1)), m.group(2), m.group(3)
+        if short in ("q_norm_w", "k_norm_w") and qk_fold:
+            return np.ones(raw.shapes[name], self.dtype)
         ln = f"blocks.{l}.ln1" if block == "attn" else f"blocks.{l}.ln2"
+        out = self._pre_folded(name, l, block, short, ln, fold_pre, center_read, center_write, fold_vb)
+        if qk_fold and short in ("W_Q", "W_K", "b_Q", "b_K"):  # w [e] or [H, e] on the head axis e
+            wn = raw[f"blocks.{l}.attn.{short[-1].lower()}_norm_w"]
+            out = out * (wn[:, None, :] if wn.ndim == 2 and short.startswith("W") else wn)
+        if post_fold and short in ("W_O", "b_O", "W_out", "b_out"):
+            out = out * raw[f"blocks.{l}.{'ln1_post' if block == 'attn' else 'ln2_post'}.w"]
+        return out
+
+    def _pre_folded(self, name, l, block, short, ln, fold, center_read, center_write, fold_vb) -> np.ndarray:
+        """Layer tensor ``name`` with the pre-norm folded in, centred and value biases folded (as enabled)."""
+        raw = self.raw
         if short in ("W_Q", "W_K", "W_V", "W_in", "W_gate"):
             W = raw[name]
             if fold:
@@ -143,6 +211,8 @@ class ProcessedWeights:
 def process(raw, enabled: bool = True, center_unembed: bool = True) -> ProcessedWeights:
     """Processed view of raw weights: every exact step for the architecture, or none (``--raw``).
 
-    ``center_unembed=False`` keeps the raw model's logits (for decompose and lens)."""
+    ``center_unembed=False`` keeps the raw model's logits (for decompose and lens) and leaves out the
+    circuit-only folds (``CIRCUIT_STEPS``)."""
     steps = applicable_steps(raw.cfg) if enabled else ()
-    return ProcessedWeights(raw, tuple(s for s in steps if center_unembed or s != "center_unembed"))
+    keep = (lambda s: True) if center_unembed else (lambda s: s != "center_unembed" and s not in CIRCUIT_STEPS)
+    return ProcessedWeights(raw, tuple(s for s in steps if keep(s)))

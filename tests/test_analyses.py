@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from tcli.core.stream import Request
 import pytest
 
 from tcli.analyses import circuits
@@ -37,7 +39,7 @@ def dense_qk(w, l, h):
 def test_bigram_per_row_equals_dense(attn_only_dir, bottom):
     w, vocab = load(attn_only_dir)
     D = w["embed.W_E"] @ w["unembed.W_U"]
-    rows = rows_of(bigram(w, vocab, k=4, rows=None, bottom=bottom))
+    rows = rows_of(bigram(w, vocab, Request(k=4, bottom=bottom)))
     assert len(rows) == D.shape[0] * 4
     for r in rows:
         order = np.argsort(D[r["src_id"]] if bottom else -D[r["src_id"]], kind="stable")
@@ -48,7 +50,7 @@ def test_bigram_per_row_equals_dense(attn_only_dir, bottom):
 def test_bigram_global_equals_dense(attn_only_dir):
     w, vocab = load(attn_only_dir)
     D = w["embed.W_E"] @ w["unembed.W_U"]
-    rows = rows_of(bigram(w, vocab, global_n=15))
+    rows = rows_of(bigram(w, vocab, Request(global_n=15)))
     flat = np.argsort(-D.ravel(), kind="stable")[:15]
     assert [(r["src_id"], r["dst_id"]) for r in rows] == [tuple(divmod(int(i), D.shape[1])) for i in flat]
     assert [r["rank"] for r in rows] == list(range(1, 16))
@@ -63,8 +65,8 @@ def test_ov_and_qk_equal_dense(attn_only_dir, rows, bottom):
     assert (len(rows) < circuits.few_rows(w.cfg)) == (len(rows) == 2)  # both paths are exercised
     heads = [(0, 1), (1, 2)]
     sign = 1 if bottom else -1
-    for table, dense, col in ((ov(w, vocab, heads, k=3, rows=rows, bottom=bottom), dense_ov, "out_id"),
-                              (qk(w, vocab, heads, k=3, rows=rows, bottom=bottom), dense_qk, "key_id")):
+    for table, dense, col in ((ov(w, vocab, heads, Request(rows=tuple(rows), k=3, bottom=bottom)), dense_ov, "out_id"),
+                              (qk(w, vocab, heads, Request(rows=tuple(rows), k=3, bottom=bottom)), dense_qk, "key_id")):
         got = rows_of(table)
         assert len(got) == 2 * len(rows) * 3
         assert [r["src_id"] if "src_id" in r else r["query_id"] for r in got[:3 * len(rows):3]] == rows
@@ -77,11 +79,11 @@ def test_ov_and_qk_equal_dense(attn_only_dir, rows, bottom):
 
 def test_qk_scaled_and_positional(attn_only_dir):
     w, vocab = load(attn_only_dir)
-    plain = rows_of(qk(w, vocab, [(0, 0)], global_n=5))
-    scaled = rows_of(qk(w, vocab, [(0, 0)], global_n=5, scaled=True))
+    plain = rows_of(qk(w, vocab, [(0, 0)], Request(global_n=5)))
+    scaled = rows_of(qk(w, vocab, [(0, 0)], Request(global_n=5), scaled=True))
     for a, b in zip(plain, scaled):
         assert b["value"] == pytest.approx(a["value"] / np.sqrt(w.cfg.d_head))
-    pos = rows_of(qk(w, vocab, [(0, 0)], k=3, rows=[0, 4], positional=True))
+    pos = rows_of(qk(w, vocab, [(0, 0)], Request(rows=(0, 4), k=3), positional=True))
     P = (w["embed.W_pos"] @ w["blocks.0.attn.W_Q"][0]) @ (w["embed.W_pos"] @ w["blocks.0.attn.W_K"][0]).T
     assert [r["key_id"] for r in pos if r["query_id"] == 0] == [0]  # causal: only key 0 for query 0
     for r in pos:

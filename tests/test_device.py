@@ -79,6 +79,21 @@ def test_selected_rows_and_bottom(torch_cpu):
     np.testing.assert_allclose(vals, np.sort(dense, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
 
 
+def test_diagonal_rows_on_the_device_equal_numpy(torch_cpu):
+    from tcli.core.stream import diagonal_rows
+
+    A, B = np.round(_factors(3, 60, 5, 60, np.float64)[0] * 2), np.round(_factors(4, 60, 5, 60, np.float64)[1] * 2)
+    rows, cols = np.array([5, 0, 59, 17]), np.array([2, 0, 3, 17])  # cols: the few-rows factoring's row map
+    got = list(device.diagonal_rows(A, B, rows, cols, block=3))
+    device.use("cpu")
+    ref = list(diagonal_rows(A, B, rows, cols, block=3))
+    for i in range(3):
+        np.testing.assert_array_equal(np.concatenate([g[i] for g in got]), np.concatenate([r[i] for r in ref]))
+    M = A[rows] @ B
+    np.testing.assert_array_equal(np.concatenate([g[2] for g in got]),
+                                  1 + (M > M[np.arange(4), cols][:, None]).sum(1))
+
+
 def test_non_finite_product_is_an_input_error(torch_cpu):
     from tcli.errors import InputError
 

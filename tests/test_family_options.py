@@ -108,7 +108,9 @@ def test_every_tensor_is_read_or_ignored(hf_dirs, tmp_path, extra, ok):
         assert_one_line_error(result, "does not read 1 tensor", extra, "ignore")
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert", "qwen3", "gemma",
+                                        "gemma2", "gemma3_text", "olmo2", "phi3", "granite", "starcoder2",
+                                        "stablelm", "gptj", "gpt_neo", "opt"])
 def test_every_config_key_transformers_reads_is_handled(model_type):
     """Each key of the family's transformers config is read by the family YAML, declared inert there (with
     a reason), or one of the keys no forward pass reads; a new option that changes the maths fails here."""

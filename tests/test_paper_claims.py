@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tcli.core.stream import Request
+
 from tcli.analyses import circuits
 from tcli.analyses.behaviour import head_scores
 from tcli.analyses.compose import composition_scores
@@ -70,7 +72,7 @@ def test_one_layer_heads_copy(figure):
     V = w.cfg.d_vocab
     shares = []
     for h in positive:
-        hits = sum(1 for r in ov(w, Vocab(V), [(0, h)], k=10).rows() if r[2] == r[5])  # src_id == out_id
+        hits = sum(1 for r in ov(w, Vocab(V), [(0, h)], Request(k=10)).rows() if r[2] == r[5])  # src_id == out_id
         shares.append(hits / V)
     chance = 10 / V
     figure("1l: share of tokens among their own top-10 OV outputs, per copying head",

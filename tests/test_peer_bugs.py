@@ -6,6 +6,8 @@ import socket
 import tracemalloc
 
 import numpy as np
+
+from tcli.core.stream import Request
 import torch
 
 from builders import hf_model, random_attn_only, save_hf
@@ -65,7 +67,7 @@ def test_streaming_never_materialises_the_vocab_matrix(tmp_path, monkeypatch):
     path = random_attn_only(tmp_path / "big", n_layers=0, d_vocab=V, d_model=32)
     w = process(open_checkpoint(path).weights())
     monkeypatch.setattr(stream, "BLOCK_BYTES", 2**20)
-    table = bigram(w, Vocab(V), k=5)
+    table = bigram(w, Vocab(V), Request(k=5))
     w["embed.W_E"], w["unembed.W_U"]
     tracemalloc.start()
     n = sum(1 for _ in table.rows())

@@ -27,6 +27,9 @@ EXAMPLES = [
     ("Its OV spectrum", "tcli spectrum 0.{copy_head} --circuit ov -k 6"),
     ("The two-layer census: layer 1's induction scores and layer 0's previous-token head", "tcli heads"),
     ("K-composition in the two-layer sample", "tcli compose --kind k -k 5"),
+    ("The induction mechanism token by token: the K-composition term of the induction head 1.0 through the "
+     "previous-token head 0.5, its diagonal (a note gives the share of rows where it is rank 1)",
+     "tcli qk sample_weights/attn-only-2l 1.0 --key-via 0.5 --diagonal --sort row_rank --limit 6"),
     ("The most token-like FFN neurons of the GPT-2-style sample (census by z-score)", "tcli neurons -k 3"),
     ("Direct logit attribution on the GPT-2-style sample", "tcli decompose --prompt 'ROMEO: But soft, what light through yonder' "),
 ]

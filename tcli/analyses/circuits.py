@@ -35,9 +35,39 @@ def wqk(w, l: int, h: int) -> Factored:
     return Factored(w[f"blocks.{l}.attn.W_Q"][h], w[f"blocks.{l}.attn.W_K"][h].T)
 
 
-def ov(w, l: int, h: int) -> Factored:
-    """Full OV circuit W_E W_V W_O W_U, factored through d_head: [V, e] @ [e, V]."""
-    return Factored(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h] @ w["unembed.W_U"])
+def ov(w, l: int, h: int, via: tuple[int, int] | None = None) -> Factored:
+    """Full OV circuit W_E W_V W_O W_U, factored through d_head: [V, e] @ [e, V].
+
+    ``via`` = (l1, h1), l1 < l: the virtual OV circuit W_E W_OV^{h1} W_OV^{h} W_U (V-composition), factored
+    through h1's d_head: (W_E W_V^{h1}) [V, e] @ (W_O^{h1} W_V^h W_O^h W_U) [e, V], the same inner size."""
+    V, O = _vo(w, l, h)
+    if via is None:
+        return Factored(w["embed.W_E"] @ V, O @ w["unembed.W_U"])
+    V1, O1 = _vo(w, *via)
+    return Factored(w["embed.W_E"] @ V1, ((O1 @ V) @ O) @ w["unembed.W_U"])
+
+
+def _vo(w, l: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    return w[f"blocks.{l}.attn.W_V"][h], w[f"blocks.{l}.attn.W_O"][h]
+
+
+def _through(x: np.ndarray, w, via: tuple[int, int] | None) -> np.ndarray:
+    """x W_OV^{via} (x unchanged without ``via``): what head ``via`` writes when it attends to rows x."""
+    if via is None:
+        return x
+    V1, O1 = _vo(w, *via)
+    return (x @ V1) @ O1
+
+
+def check_via(cfg, heads, via: tuple[int, int] | None, option: str = "--via") -> None:
+    """A path goes from an earlier layer to a later one: via = (l1, h1) needs l1 < l for every head."""
+    if via is None:
+        return
+    check_heads(cfg, [via])
+    for l, h in heads:
+        if via[0] >= l:
+            raise InputError(f"{option} {via[0]}.{via[1]} must be in an earlier layer than head {l}.{h}",
+                             "a path runs from an earlier head into a later one")
 
 
 def few_rows(cfg) -> int:
@@ -47,17 +77,22 @@ def few_rows(cfg) -> int:
     return 2 * d * e // max(1, d - e) if d > e else 0
 
 
-def ov_rows(w, l: int, h: int, rows) -> Factored:
-    """Rows ``rows`` of the full OV circuit: (W_E[rows] W_V W_O) [n, d] @ W_U [d, V]."""
-    return Factored(w["embed.W_E"][rows] @ w[f"blocks.{l}.attn.W_V"][h] @ w[f"blocks.{l}.attn.W_O"][h],
-                    w["unembed.W_U"])
+def ov_rows(w, l: int, h: int, rows, via: tuple[int, int] | None = None) -> Factored:
+    """Rows ``rows`` of the full (or ``via``: virtual) OV circuit: (W_E[rows] [W_OV^{via}] W_V W_O) [n, d] @ W_U."""
+    V, O = _vo(w, l, h)
+    return Factored((_through(w["embed.W_E"][rows], w, via) @ V) @ O, w["unembed.W_U"])
 
 
-def qk_rows(w, l: int, h: int, rows, offset: int = 0) -> Factored:
-    """Rows ``rows`` (queries) of the full QK circuit: (rot(W_E[rows] W_Q) W_K^T) [n, d] @ W_E^T [d, V]."""
+def qk_rows(w, l: int, h: int, rows, offset: int = 0, key_via=None, query_via=None) -> Factored:
+    """Rows ``rows`` (queries) of the full QK circuit (or its K-/Q-composition term, see ``qk``):
+    (rot(W_E[rows] [W_OV^{query_via}] W_Q) (W_OV^{key_via} W_K)^T) [n, d] @ W_E^T [d, V]."""
     check_offset(w.cfg, offset)
-    q = _rotate(w["embed.W_E"][rows] @ w[f"blocks.{l}.attn.W_Q"][h], w.cfg, offset)
-    return Factored(q @ w[f"blocks.{l}.attn.W_K"][h].T, w["embed.W_E"].T)
+    q = _rotate(_through(w["embed.W_E"][rows], w, query_via) @ w[f"blocks.{l}.attn.W_Q"][h], w.cfg, offset)
+    q = q @ w[f"blocks.{l}.attn.W_K"][h].T  # [n, d]: the key side's last map, transposed
+    if key_via is not None:
+        V1, O1 = _vo(w, *key_via)
+        q = (q @ O1.T) @ V1.T  # (W_V1 W_O1 W_K)^T = W_K^T W_O1^T W_V1^T
+    return Factored(q, w["embed.W_E"].T)
 
 
 def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
@@ -74,13 +109,26 @@ def check_offset(cfg, offset: int) -> None:
                          f"this {cfg.family} model has {cfg.positional} positions")
 
 
-def qk(w, l: int, h: int, offset: int = 0) -> Factored:
-    """Full QK circuit (W_E W_Q)(W_E W_K)^T, factored through d_head; keys ``offset`` positions back."""
+def qk(w, l: int, h: int, offset: int = 0, key_via=None, query_via=None) -> Factored:
+    """Full QK circuit (W_E W_Q)(W_E W_K)^T, factored through d_head; keys ``offset`` positions back.
+
+    ``key_via`` = (l1, h1): the K-composition term W_E W_Q (W_E W_OV^{h1} W_K)^T, columns = the token h1
+    moves into the key position; ``query_via``: the Q-composition term (W_E W_OV^{h1} W_Q)(W_E W_K)^T,
+    rows = the token h1 moves into the query position (SPEC 3c). Both: [V, e] @ [e, V]."""
     cfg = w.cfg
     check_offset(cfg, offset)
-    q = _rotate(w["embed.W_E"] @ w[f"blocks.{l}.attn.W_Q"][h], cfg, offset)
-    k = w["embed.W_E"] @ w[f"blocks.{l}.attn.W_K"][h]
+    W_E, W_Q, W_K = w["embed.W_E"], w[f"blocks.{l}.attn.W_Q"][h], w[f"blocks.{l}.attn.W_K"][h]
+    q = _rotate(_path_side(W_E, w, query_via, W_Q), cfg, offset)
+    k = _path_side(W_E, w, key_via, W_K)
     return Factored(q, k.T)
+
+
+def _path_side(W_E: np.ndarray, w, via, W: np.ndarray) -> np.ndarray:
+    """W_E [W_OV^{via}] W [V, e], with the vocab-sized product through via's d_head: (W_E W_V1)(W_O1 W)."""
+    if via is None:
+        return W_E @ W
+    V1, O1 = _vo(w, *via)
+    return (W_E @ V1) @ (O1 @ W)
 
 
 def qk_positional(w, l: int, h: int) -> Factored:

@@ -27,12 +27,24 @@ def info_record(ckpt, w) -> dict:
         "rotary_base": cfg.rotary_base if cfg.positional == "rotary" else None,
         "unembed": cfg.unembed_note or ("tied to W_E" if cfg.tied_embeddings else "separate W_U"),
         "compute_dtype": str(w.dtype), "path": str(ckpt.path),
+        "approximations": "; ".join(approximations(w)) or "none",
     }
 
 
+def approximations(w) -> list[str]:
+    """What weight circuits fold or leave out for this model (``ProcessedWeights.notes``; docs/families.md)."""
+    from ..processing import circuit_notes
+
+    notes = getattr(w, "notes", None)
+    return list(notes) if notes is not None else circuit_notes(w.cfg, ())
+
+
 def info_table(ckpt, w) -> Table:
+    """The SPEC §5 record; what circuits approximate for this model follows as notes (stderr), one per line."""
     rec = info_record(ckpt, w)
-    return Table.from_rows(INFO_COLUMNS, [[rec[c] for c in INFO_COLUMNS]], title=f"{ckpt.path}", record=True)
+    notes = [f"circuits: {n}" for n in approximations(w)]
+    return Table.from_rows(INFO_COLUMNS, [[rec[c] for c in INFO_COLUMNS]], title=f"{ckpt.path}", record=True,
+                           notes=notes)
 
 
 def tensors_table(ckpt) -> Table:

@@ -20,6 +20,8 @@ import numpy as np
 
 from . import circuits
 from .compose import compose as compose_table
+from ..core.stream import Request
+from ..errors import InputError
 from .heads import census
 from .info import info_record
 from .ranked import bigram, ov, qk
@@ -84,16 +86,21 @@ def _td(v) -> str:
 
 
 def html_table(table, limit: int = 20, drop: tuple = ()) -> str:
-    """An analysis table as HTML (first ``limit`` rows), in a container that scrolls sideways if wide."""
+    """An analysis table as HTML (first ``limit`` rows), in a container that scrolls sideways if wide.
+    Headers use the table's short names (``table.short``; full name in the tooltip and a legend below)."""
     cols = [c for c in table.columns if c not in drop]
-    out = ['<div class="scroll"><table><tr>' + "".join(f"<th>{_esc(c)}</th>" for c in cols) + "</tr>"]
+    short = {c: table.short[c] for c in cols if table.short.get(c, c) != c}
+    heads = "".join(f'<th title="{_esc(c)}">{_esc(short[c])}</th>' if c in short else f"<th>{_esc(c)}</th>"
+                    for c in cols)
+    out = [f'<div class="scroll"><table><tr>{heads}</tr>']
     for i, row in enumerate(table.rows()):
         if i == limit:
             break
         rec = dict(zip(table.columns, row))
         out.append("<tr>" + "".join(f'<td class="t">{_token(rec[c])}</td>' if c in table.token_columns
                                     else _td(rec[c]) for c in cols) + "</tr>")
-    return "".join(out) + "</table></div>"
+    key = ", ".join(f"{_esc(v)} = {_esc(c)}" for c, v in short.items())
+    return "".join(out) + "</table></div>" + (f"<p><small>{key}</small></p>" if key else "")
 
 
 # ---------------------------------------------------------------- charts
@@ -106,7 +113,8 @@ def _nice_step(span: float, n: int) -> float:
 
 
 def _tick(v: float) -> str:
-    return f"{v:.3g}"
+    """Axis label: whole numbers below 10^6 in full (1500, not 1.5e+03), else 3 significant digits."""
+    return str(int(round(v))) if abs(v) < 1e6 and abs(v - round(v)) < 1e-9 * max(1.0, abs(v)) else f"{v:.3g}"
 
 
 def svg_bars(values, title: str = "", width: int = 300, height: int = 150) -> str:
@@ -142,7 +150,8 @@ def svg_bars(values, title: str = "", width: int = 300, height: int = 150) -> st
     parts.append(f'<g class="axes" stroke="#444" fill="none"><path d="M{L},{T}V{T + ph}H{L + pw}"/>')
     yt = [k * step for k in range(int(round(top / step)) + 1)]
     parts += [f'<path d="M{L - 4},{y(t):.2f}H{L}"/>' for t in yt]
-    xs = list(range(1, n + 1, max(1, int(_nice_step(max(n - 1, 1), 5))))) if n else []
+    xstep = max(1, int(_nice_step(max(n - 1, 1), 5))) if n else 1
+    xs = sorted({1, *range(xstep, n + 1, xstep)}) if n else []  # 1, then the multiples of the step
     if xs and n > 1 and xs[-1] != n and (n - xs[-1]) * pw / n > 18:
         xs.append(n)
     bw = pw / n if n else 0
@@ -179,10 +188,13 @@ def cell_color(v: float, base: float, hi: float) -> str:
     return ramp((v - base) / (hi - base) if hi > base else 1.0)
 
 
-def heatmap(grid, rows: list[str], cols: list[str], base: float, hi: float, what: str = "") -> str:
-    """A table of coloured cells (cell_color on the scale [base, hi]), each titled with its value."""
+def heatmap(grid, rows: list[str], cols: list[str], base: float, hi: float, what: str = "",
+            axes: tuple[str, str] = ("earlier head", "later head")) -> str:
+    """A table of coloured cells (cell_color on the scale [base, hi]), each titled with its value; the
+    line above it names the axes (rows, columns)."""
     grid = np.asarray(grid, dtype=float)
-    out = ['<div class="scroll"><table class="grid"><tr><th></th>'
+    out = [f'<div class="scroll"><small>rows: {_esc(axes[0])} ↓ · columns: {_esc(axes[1])} →</small>'
+           '<table class="grid"><tr><th></th>'
            + "".join(f"<th><small>{_esc(c)}</small></th>" for c in cols) + "</tr>"]
     for r, label in enumerate(rows):
         cells = []
@@ -198,21 +210,24 @@ def legend(base: float, hi: float, key: str) -> str:
     w = 200
     stops = "".join(f'<stop offset="{i / (len(RAMP) - 1):.3f}" stop-color="{ramp(i / (len(RAMP) - 1))}"/>'
                     for i in range(len(RAMP)))
-    if hi > base:
+    if not math.isfinite(hi):
+        bar, words = "", "no finite score"
+    elif hi > base:
         bar = (f'<rect x="62" y="4" width="{w}" height="12" fill="url(#ramp-{key})"/>'
-               f'<text x="62" y="28" text-anchor="middle">{_tick(base)}</text>'
-               f'<text x="{62 + w}" y="28" text-anchor="middle">{_tick(hi)}</text>')
-        words = f"baseline {base:.4f} (grey: at or below) … largest {hi:.4f}"
+               f'<text x="62" y="28" text-anchor="middle">{base:.3g}</text>'
+               f'<text x="{62 + w}" y="28" text-anchor="middle">{hi:.3g}</text>')
+        words = f"grey: at or below the baseline {base:.4f}; yellow → dark red: up to the largest score {hi:.4f}"
     else:
-        bar = f'<text x="62" y="14">every score is at or below the baseline {_tick(base)}</text>'
-        words = f"every score ≤ baseline {base:.4f}"
-    return (f'<div class="legend"><svg width="{w + 110}" height="32" role="img" xmlns="http://www.w3.org/2000/svg">'
+        bar = ""
+        words = f"every score is at or below the baseline {base:.4f} (grey)"
+    return (f'<div class="legend"><svg width="{w + 140}" height="32" role="img" xmlns="http://www.w3.org/2000/svg">'
             f'<title>{_esc(key)} colour scale: {_esc(words)}</title>'
             f'<defs><linearGradient id="ramp-{key}">{stops}</linearGradient></defs>'
             f'<rect x="2" y="4" width="18" height="12" fill="{NEUTRAL}" stroke="#999"/>'
             f'<text x="24" y="14">≤ base</text>{bar}'
-            f'<rect x="{w + 80}" y="4" width="12" height="12" fill="{BLANK}" stroke="#999"/></svg>'
-            f"<br><small>{_esc(words)}; blank: no score</small></div>")
+            f'<rect x="{w + 80}" y="4" width="12" height="12" fill="{BLANK}" stroke="#999"/>'
+            f'<text x="{w + 96}" y="14">no score</text></svg>'
+            f"<br><small>{_esc(words)}</small></div>")
 
 
 # ---------------------------------------------------------------- head choice
@@ -257,7 +272,7 @@ def _choice_html(chosen, lists, given: bool, behaviour: bool) -> str:
 def _composition(w) -> str:
     cfg = w.cfg
     table = compose_table(w)
-    base = float(next(iter(table.rows()))[6])
+    base = float(next(iter(table.rows()))[table.columns.index("baseline")])
     L, H = cfg.n_layers, cfg.n_heads
     parts = ["<h2>Composition scores (rows: earlier head, columns: later head)</h2>",
              f"<p><small>{_esc(table.notes[0])}. One colour scale per kind, shared by its heatmaps: grey at or "
@@ -267,7 +282,7 @@ def _composition(w) -> str:
         kind = fig.title.split("-")[0]
         grid = np.asarray(fig.data, dtype=float)
         finite = grid[np.isfinite(grid)]
-        hi = max(float(finite.max()), base) if finite.size else base
+        hi = max(float(finite.max()), base) if finite.size else math.nan
         card = [f"<div class='card'><b>{_esc(fig.title)}</b>", legend(base, hi, kind)]
         if len(fig.rows) <= MAX_GRID:
             card.append(heatmap(grid, fig.rows, fig.cols, base, hi))
@@ -284,9 +299,9 @@ def _composition(w) -> str:
                         summary[l1, l2 - 1] = ok.max()
             card.append("<small>per layer pair (largest over its heads):</small>"
                         + heatmap(summary, [f"L{l}" for l in range(L - 1)], [f"L{l}" for l in range(1, L)], base, hi,
-                                  "max "))
+                                  "max ", ("earlier layer", "later layer")))
         parts.append("".join(card) + "</div>")
-    parts.append("</div><b>Strongest pairs</b>" + html_table(table, limit=12, drop=("baseline",)))
+    parts.append("</div><p><b>Strongest pairs</b></p>" + html_table(table, limit=12, drop=("baseline",)))
     return "".join(parts)
 
 
@@ -296,6 +311,8 @@ def report(w, vocab, ckpt, behaviour: bool = True, heads: list[tuple[int, int]] 
     """The HTML page. ``heads``: the heads to detail (validated; order kept, duplicates dropped);
     None: the automatic choice (choose_heads), stated on the page."""
     cfg = w.cfg
+    if heads is not None and not cfg.n_layers:
+        raise InputError("--heads: this model has no attention layers (0 layers), so no heads to detail")
     if heads is not None:
         heads = list(dict.fromkeys(circuits.check_heads(cfg, [(int(l), int(h)) for l, h in heads])))
     info = info_record(ckpt, w)
@@ -331,14 +348,14 @@ def report(w, vocab, ckpt, behaviour: bool = True, heads: list[tuple[int, int]] 
     parts.append("</div>")
     if cfg.n_layers > 1:
         parts.append(_composition(w))
-    parts.append("<h2>Strongest bigrams (direct path)</h2>" + html_table(bigram(w, vocab, global_n=20)))
+    parts.append("<h2>Strongest bigrams (direct path)</h2>" + html_table(bigram(w, vocab, Request(global_n=20))))
     for l, h in chosen:
         reason = "; ".join(why.get((l, h), ["asked for"]))
         parts.append(f"<h2 id='head-{l}-{h}'>Head {l}.{h}</h2><p><small>{_esc(reason)}</small></p>"
                      "<div class='flex'><div><b>OV: source → output</b>"
-                     f"{html_table(ov(w, vocab, [(l, h)], global_n=12), drop=('layer', 'head'))}</div>"
+                     f"{html_table(ov(w, vocab, [(l, h)], Request(global_n=12)), drop=('layer', 'head'))}</div>"
                      "<div><b>QK: query ← key</b>"
-                     f"{html_table(qk(w, vocab, [(l, h)], global_n=12), drop=('layer', 'head'))}</div></div>")
+                     f"{html_table(qk(w, vocab, [(l, h)], Request(global_n=12)), drop=('layer', 'head'))}</div></div>")
     parts.append("<p><small>Generated by tcli; every number is computed from the checkpoint's weights "
                  "(see docs/commands.md for the definitions).</small></p></body></html>")
     return "\n".join(parts)

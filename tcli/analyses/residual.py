@@ -5,11 +5,13 @@ written once: the token, position (and token-type) embeddings, each head's outpu
 attention-output bias b_O, each MLP's output, and each norm's bias. Every norm is replaced by its
 frozen linear map from the real run, x ↦ (x − mean(x)) · s · w (RMSNorm: x · s · w), so each
 piece passes through every norm after it exactly as the real run scaled it (post-norm models: the
-norm after every sublayer). The logit of a target token t (or the difference t − u) is
+norm after every sublayer; sandwich/sublayer norms: the norm on the output of the piece's own
+sublayer). The logit of a target token t (or the difference t − u) is
 
     logit = Σ_pieces piece · (W_U[:, t] − W_U[:, u]) + (b_U[t] − b_U[u])
 
-and equals the model's own logit up to float error. Processing keeps the raw model's logits
+and equals the model's own logit up to float error (soft-capped models: the logit before the final
+cap c·tanh(logit / c), which is not linear; a note gives the capped one). Processing keeps the raw model's logits
 (no unembedding centring), so the total is the unprocessed model's logit.
 
 Per-neuron attribution (``--neurons N``). An MLP's piece is Σ_n a_n W_out[n] + b_out, with a [m] the
@@ -53,12 +55,14 @@ def check_position(position: int, T: int) -> int:
 def pieces(cache: Cache, cfg, p: int, w=None) -> list[tuple[str, int | None, int | None, str, np.ndarray]]:
     """(component, layer, head, label, vector [d]) pieces whose sum is the final residual at p,
     each pushed through every later norm's frozen map. With ``w`` (processed weights), each MLP is two
-    pieces: ``mlp_neurons`` [m, d] (row n = a_n W_out[n]) and ``mlp_bias`` (b_out)."""
+    pieces: ``mlp_neurons`` [m, d] (row n = a_n W_out[n]) and ``mlp_bias`` (b_out). A norm on a sublayer's
+    output (sandwich / sublayer blocks) maps that sublayer's pieces only; a post-norm (BERT) maps all."""
     out: list = []
+    w = getattr(w, "forward_view", w)
 
-    def through(norm: Norm, label: str, layer):
-        out[:] = [(c, l, h, lab, norm.apply(v, p)) for c, l, h, lab, v in out]
-        out.append(("norm_bias", layer, None, label, norm.b))
+    def through(norm: Norm, label: str, layer, parts: list) -> list:
+        return [(c, l, h, lab, norm.apply(v, p)) for c, l, h, lab, v in parts] + \
+            [("norm_bias", layer, None, label, norm.b)]
 
     out.append(("embed", None, None, "embed", cache.embed[p]))
     if cfg.positional == "learned":
@@ -66,23 +70,27 @@ def pieces(cache: Cache, cfg, p: int, w=None) -> list[tuple[str, int | None, int
     if cfg.n_token_types:
         out.append(("token_type_embed", None, None, "token_type_embed", cache.type_embed[p]))
     if cache.embed_norm is not None:
-        through(cache.embed_norm, "embed.ln.b", None)
-    for l in range(cfg.n_layers):
-        ln1, ln2 = cache.norms[l]
-        out += [("head", l, h, f"{l}.{h}", cache.head_out[l][h, p]) for h in range(cfg.n_heads)]
-        out.append(("attn_bias", l, None, f"b_O {l}", cache.attn_bias[l]))
-        if cfg.norm_placement == "post":
-            through(ln1, f"ln1.b {l}", l)
-        if not cfg.attn_only and w is not None:
+        out[:] = through(cache.embed_norm, "embed.ln.b", None, out)
+    post = cfg.norm_placement == "post"
+    for l, layer in enumerate(cache.layers):
+        attn = [("head", l, h, f"{l}.{h}", layer.head_out[h, p]) for h in range(cfg.n_heads)]
+        attn.append(("attn_bias", l, None, f"b_O {l}", layer.attn_bias))
+        out += through(layer.attn_post, f"ln1_post.b {l}", l, attn) if layer.attn_post is not None else attn
+        if post:
+            out[:] = through(layer.ln1, f"ln1.b {l}", l, out)
+        if cfg.attn_only:
+            continue
+        if w is not None:
             W_out = w[f"blocks.{l}.mlp.W_out"]
-            out.append(("mlp_neurons", l, None, f"mlp {l}", cache.mlp_act[l][p][:, None] * W_out))
-            out.append(("mlp_bias", l, None, f"b_out {l}", w[f"blocks.{l}.mlp.b_out"]))
-        elif not cfg.attn_only:
-            out.append(("mlp", l, None, f"mlp {l}", cache.mlp_out[l][p]))
-        if not cfg.attn_only and cfg.norm_placement == "post":
-            through(ln2, f"ln2.b {l}", l)
+            mlp = [("mlp_neurons", l, None, f"mlp {l}", layer.mlp_act[p][:, None] * W_out),
+                   ("mlp_bias", l, None, f"b_out {l}", w[f"blocks.{l}.mlp.b_out"])]
+        else:
+            mlp = [("mlp", l, None, f"mlp {l}", layer.mlp_out[p])]
+        out += through(layer.mlp_post, f"ln2_post.b {l}", l, mlp) if layer.mlp_post is not None else mlp
+        if post:
+            out[:] = through(layer.ln2, f"ln2.b {l}", l, out)
     if cache.final_norm is not None:
-        through(cache.final_norm, "ln_final.b", None)
+        out[:] = through(cache.final_norm, "ln_final.b", None, out)
     return out
 
 
@@ -127,12 +135,20 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
     extra = (None,) if neurons is not None else ()
     rows.append(("unembed_bias", None, None, float(bias), "b_U") + extra)
     total = float(np.sum([r[3] for r in rows], dtype=np.float64))
-    model = float(cache.logits[p, target] - (cache.logits[p, minus] if minus is not None else 0))
+    def logit(arr):
+        return float(arr[p, target] - (arr[p, minus] if minus is not None else 0))
+
+    model = logit(cache.logits_precap)
     rows.sort(key=lambda r: -abs(r[3]))
     rows.append(("total", None, None, total, "total") + extra)
     what = f"logit[{vocab.string(target)!r}]" + (f" − logit[{vocab.string(minus)!r}]" if minus is not None else "")
+    capped = " before the final soft-cap" if cfg.final_softcap else ""
     notes = [f"position {p} (token {vocab.string(int(tokens[p]))!r}): components sum to {total:.6g}; "
-             f"the model's {what} is {model:.6g} (difference {total - model:.2g})"]
+             f"the model's {what}{capped} is {model:.6g} (difference {total - model:.2g})"]
+    if cfg.final_softcap:
+        notes.append(f"the model's logits are soft-capped, c·tanh(logit / c) with c = {cfg.final_softcap:g}: "
+                     f"its {what} after the cap is {logit(cache.logits):.6g}; the components add up to the "
+                     "logit before the cap (the cap is not linear)")
     columns = DECOMPOSE_COLUMNS + (["neuron"] if neurons is not None else [])
     return Table.from_rows(columns, rows, title=f"Direct logit attribution of {what} at position {p}",
                            notes=notes, bar="value")
@@ -141,16 +157,18 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
 def lens_logits(w, cache: Cache, positions=None):
     """Yield (layer, logits [T', V]) of the residual stream after the embeddings (layer −1) and each
     block at ``positions`` (default all), decoded through the final norm computed afresh on that
-    residual (its own scale). One layer at a time: memory O(T' · V), not O(L · T · V)."""
-    from ..forward import norm
+    residual (its own scale), then the final soft-cap where the model has one. One layer at a time:
+    memory O(T' · V), not O(L · T · V)."""
+    from ..forward import norm, softcap
 
+    w = getattr(w, "forward_view", w)
     cfg = w.cfg
     for layer, x in [(-1, cache.resid_embed)] + list(enumerate(cache.resid_post)):
         if positions is not None:
             x = x[positions]
         if cache.final_norm is not None:
             x, _ = norm(cfg, x, w["ln_final.w"], w["ln_final.b"])
-        yield layer, x @ w["unembed.W_U"] + w["unembed.b_U"]
+        yield layer, softcap(x @ w["unembed.W_U"] + w["unembed.b_U"], cfg.final_softcap)
 
 
 def lens(w, vocab, tokens, k: int = 5, position: int | None = None) -> Table:

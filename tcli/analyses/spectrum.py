@@ -58,3 +58,42 @@ def spectrum(w, circuit: str, heads, k: int | None = None, eigen: bool = False, 
                       list(range(1, n + 1)), "index", "|λ|" if eigen else "σ")]
     return Table(EIGEN_COLUMNS if eigen else COLUMNS, chunks, title=f"{kind} of the {circuit} circuit",
                  notes=notes, bar="abs" if eigen else "singular_value", figures=figures)
+
+
+TOKEN_COLUMNS = columns.SPECTRUM_TOKENS
+SIDES = {"direct": ("current token", "next token"), "ov": ("source token", "output token"),
+         "qk": ("query token", "key token")}
+
+
+def singular_directions(w, vocab, circuit: str, heads, n_values: int = 5, k: int = 10) -> Table:
+    """For each of the ``n_values`` largest singular values σ_i of the full circuit M = U S Vᵀ [V, V]:
+    the ``k`` tokens with the largest entries of u_i (side ``left``: M's rows) and of v_i (``right``:
+    its columns). Signs: the largest-magnitude entry of u_i is positive (v_i flipped with it, so
+    M = Σ σ_i u_i v_iᵀ still holds). U, V from the thin factors (QR of [V, r] factors, SVD of an
+    r × r core): never a vocab × vocab matrix."""
+    if circuit not in SIDES:
+        raise InputError(f"--tokens lists tokens of a vocabulary circuit: --circuit {circuit} is d_model × d_model",
+                         "use --circuit ov, qk or direct")
+    strings = np.array(vocab.strings(), dtype=object)
+    targets = [(None, None)] if circuit == "direct" else heads
+    chunks = []
+    for l, h in targets:
+        U, S, Vh = circuits.circuit(w, circuit, l, h).svd()
+        n = min(n_values, len(S))
+        for i in range(n):
+            u, v = U[:, i], Vh[i]
+            if u[np.argmax(np.abs(u))] < 0:
+                u, v = -u, -v
+            for side, vec in (("left", u), ("right", v)):
+                kk = min(k, len(vec))
+                top = np.argpartition(-vec, kk - 1)[:kk] if kk < len(vec) else np.arange(len(vec))
+                top = top[np.lexsort((top, -vec[top]))]
+                chunks.append({"circuit": [circuit] * kk, "layer": [l] * kk, "head": [h] * kk,
+                               "index": np.full(kk, i + 1), "singular_value": np.full(kk, S[i]),
+                               "side": [side] * kk, "rank": np.arange(1, kk + 1), "token_id": top,
+                               "token": strings[top], "weight": vec[top]})
+    rows, cols = SIDES[circuit]
+    return Table(TOKEN_COLUMNS, chunks, title=f"Singular directions of the {circuit} circuit (left: {rows}s, "
+                 f"right: {cols}s)", token_columns=("token",),
+                 notes=[f"left = {rows} side (u_i), right = {cols} side (v_i); sign: the largest |entry| of u_i "
+                        "is positive"])

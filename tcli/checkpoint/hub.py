@@ -166,3 +166,24 @@ def resolve(model_id: str, revision: str | None = None, cache: str | os.PathLike
         raise CheckpointError(f"{snapshot} points outside {folder.name}/snapshots ({os.path.realpath(snapshot)})",
                               f"the cache is damaged; fetch again with: {fetch}")
     return snapshot
+
+
+STEP_REVISION = re.compile(r"step(\d+)")  # Pythia-style training-step branches: step0, step1000, …
+
+
+def parse_revisions(text: str) -> list[str]:
+    """``--revision step1000,step2000,…``: the revisions of a sweep, in order (each checked by ``check_revision``)."""
+    revisions = [r.strip() for r in text.split(",")]
+    if revisions and revisions[-1] == "" and len(revisions) > 1:  # a trailing comma: a list of one
+        revisions.pop()
+    for r in revisions:
+        if not r:
+            raise InputError(f"--revision {text!r}: an empty revision in the list", "write rev1,rev2,…")
+        check_revision(r)
+    return revisions
+
+
+def step_of(revision: str | None) -> int | None:
+    """N for a revision named ``stepN`` (a training step), else None."""
+    m = STEP_REVISION.fullmatch(revision or "")
+    return int(m.group(1)) if m else None

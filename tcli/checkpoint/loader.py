@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..model import ACT_FNS, ModelConfig, canonical_shapes
+from ..model import ACT_FNS, NORM_PLACEMENTS, QK_NORMS, ModelConfig, canonical_shapes
 from .safetensors import SafetensorsFile, widen
 from .spec import FamilySpec, detect, load_spec, read_config, rearrange
 
@@ -313,22 +313,66 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
         if values["rotary_dim"] % 2 or not 0 < values["rotary_dim"] <= values["d_head"]:
             raise CheckpointError(f"rotary dimension {values['rotary_dim']} must be even and at most d_head")
         scaling = extras.get("rope_scaling")
-        if isinstance(scaling, dict):
-            kind = scaling.get("rope_type", scaling.get("type", "default"))
-            if kind == "linear":
-                values["rotary_scale"] = _positive_number(scaling, "factor")
-            elif kind == "llama3":
-                extras["rope_llama3"] = {k: _positive_number(scaling, k) for k in
-                                         ("factor", "low_freq_factor", "high_freq_factor",
-                                          "original_max_position_embeddings")}
-                if extras["rope_llama3"]["low_freq_factor"] >= extras["rope_llama3"]["high_freq_factor"]:
-                    raise CheckpointError("config rope_scaling: low_freq_factor must be below high_freq_factor")
-            elif kind not in (None, "default"):
-                raise CheckpointError(f"unsupported RoPE scaling '{kind}'",
-                                      "tcli computes default, linear and llama3 RoPE")
+        per_type = isinstance(scaling, dict) and scaling and set(scaling) <= set(LAYER_TYPES)
+        if isinstance(scaling, dict) and not per_type:
+            rope = _rope_settings(scaling, values.get("rotary_base", 10000.0))
+            values["rotary_scale"] = rope["scale"]
+            if rope["llama3"]:
+                extras["rope_llama3"] = rope["llama3"]
     values["family"] = spec.family
     extras.update(_layer_windows(values, extras))
+    if values.get("positional") == "rotary":
+        extras["layer_rope"] = _layer_rope(values, extras)
+    if "query_pre_attn_scalar" in extras:  # Gemma 2/3: scores scaled by query_pre_attn_scalar^-1/2
+        v = extras["query_pre_attn_scalar"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise CheckpointError(f"config value query_pre_attn_scalar={str(v)[:40]!r} must be a positive number")
+        values["attn_scale"] = float(v) ** -0.5
     return validate_config(ModelConfig(**values, extras=extras))
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _rope_settings(scaling: dict, base) -> dict:
+    """{base, scale, llama3} of one RoPE parameter dict (``rope_scaling`` or ``rope_parameters``)."""
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    out = {"base": scaling.get("rope_theta", base), "scale": 1.0, "llama3": None}
+    if isinstance(out["base"], bool) or not isinstance(out["base"], (int, float)) or not out["base"] > 0:
+        raise CheckpointError(f"config value rope_theta={str(out['base'])[:40]!r} must be a positive number")
+    if kind == "linear":
+        out["scale"] = _positive_number(scaling, "factor")
+    elif kind == "llama3":
+        out["llama3"] = {k: _positive_number(scaling, k) for k in
+                         ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+        if out["llama3"]["low_freq_factor"] >= out["llama3"]["high_freq_factor"]:
+            raise CheckpointError("config rope_scaling: low_freq_factor must be below high_freq_factor")
+    elif kind not in (None, "default"):
+        raise CheckpointError(f"unsupported RoPE scaling '{kind}'", "tcli computes default, linear and llama3 RoPE")
+    return out
+
+
+def _layer_rope(values: dict, extras: dict) -> list | None:
+    """Per-layer RoPE settings where they differ by layer type (Gemma 3): ``rope_parameters`` keyed by layer
+    type (transformers 5), or ``rope_local_base_freq`` for sliding layers beside the global settings (older
+    configs, whose rope_scaling applies to the full-attention layers only). None: one setting for all."""
+    scaling, local = extras.get("rope_scaling"), extras.get("rope_local_base")
+    kinds = extras.get("layer_kinds")
+    per_type = isinstance(scaling, dict) and scaling and set(scaling) <= set(LAYER_TYPES)
+    if not per_type and local is None:
+        return None
+    if kinds is None:
+        raise CheckpointError("per-layer RoPE settings need the layer types (config layer_types)")
+    if per_type:
+        missing = sorted(set(kinds) - set(scaling))
+        if missing:
+            raise CheckpointError(f"config rope_parameters has no entry for the layer type {missing[0]}")
+        table = {t: _rope_settings(scaling[t], values.get("rotary_base", 10000.0)) for t in scaling}
+    else:
+        table = {"full_attention": {"base": values.get("rotary_base", 10000.0),
+                                    "scale": values.get("rotary_scale", 1.0), "llama3": extras.get("rope_llama3")},
+                 "sliding_attention": _rope_settings({"rope_theta": local}, 10000.0)}
+    return [table[k] for k in kinds]
 
 
 def _positive_number(scaling: dict, key: str) -> float:
@@ -340,25 +384,44 @@ def _positive_number(scaling: dict, key: str) -> float:
 
 def _layer_windows(values: dict, extras: dict) -> dict:
     """Per-layer sliding windows, as transformers decides them: ``layer_types`` when the config lists
-    them; else none when ``use_sliding_window`` is false (Qwen2 checkpoints keep a ``sliding_window``
-    value they do not use); else layers from ``max_window_layers`` on (Qwen2; 0, Mistral: all)."""
+    them, or Gemma's ``sliding_window_pattern`` (layer l global iff (l + 1) % pattern == 0); else none when
+    ``use_sliding_window`` is false (Qwen2 checkpoints keep a ``sliding_window`` value they do not use); else
+    layers from ``max_window_layers`` on (Qwen2; 0, Mistral: all). Also ``layer_kinds``: the layer types."""
     window = extras.get("sliding_window")
-    if window is None or window is False:
-        return {"layer_windows": None, "sliding_window": None}
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-        raise CheckpointError(f"config value sliding_window={str(window)[:40]!r} must be a positive integer (or null)")
     n = values["n_layers"]
     types = extras.get("layer_types")
+    pattern = extras.get("sliding_pattern")  # Gemma 2/3 without layer_types: every pattern-th layer is global
+    neo = extras.get("attention_types")  # GPT-Neo: [[["global", "local"], repeats], …], expanded as transformers does
+    if types is None and neo is not None:
+        ok = isinstance(neo, list) and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], list)
+                                           and isinstance(item[1], int) and 0 <= item[1] <= n for item in neo)
+        if not ok:
+            raise CheckpointError("config value attention_types must be a list of [[kinds], repeats]")
+        kinds = [kind for pattern_, repeats in neo for _ in range(repeats) for kind in pattern_][:n + 1]
+        if len(kinds) != n or set(kinds) - {"global", "local"}:
+            raise CheckpointError(f"config value attention_types must expand to global/local for each of the {n} "
+                                  "layers")
+        types = ["sliding_attention" if k == "local" else "full_attention" for k in kinds]
+        window = extras.get("window_size")
+    if types is None and pattern is not None:
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise CheckpointError(f"config value sliding_window_pattern={pattern!r} must be an integer ≥ 1")
+        types = ["sliding_attention" if (l + 1) % pattern else "full_attention" for l in range(n)]
+    if types is not None and (not isinstance(types, list) or len(types) != n or set(types) - set(LAYER_TYPES)):
+        raise CheckpointError("config value layer_types must list full_attention or sliding_attention for each "
+                              f"of the {n} layers")
+    kinds = {"layer_kinds": types}
+    if window is None or window is False:
+        return {"layer_windows": None, "sliding_window": None, **kinds}
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise CheckpointError(f"config value sliding_window={str(window)[:40]!r} must be a positive integer (or null)")
     if types is not None:
-        if not isinstance(types, list) or len(types) != n or set(types) - {"full_attention", "sliding_attention"}:
-            raise CheckpointError("config value layer_types must list full_attention or sliding_attention for each "
-                                  f"of the {n} layers")
-        return {"layer_windows": [window if t == "sliding_attention" else None for t in types]}
+        return {"layer_windows": [window if t == "sliding_attention" else None for t in types], **kinds}
     use = extras.get("use_sliding_window", True)
     if not isinstance(use, bool):
         raise CheckpointError(f"config value use_sliding_window={use!r} must be true or false")
     if not use:
-        return {"layer_windows": None, "sliding_window": None}
+        return {"layer_windows": None, "sliding_window": None, **kinds}
     start = extras.get("max_window_layers") or 0
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise CheckpointError(f"config value max_window_layers={start!r} must be an integer ≥ 0")
@@ -370,8 +433,9 @@ INTS = {"n_layers": 0, "n_heads": 1, "d_model": 1, "d_head": 1, "d_vocab": 1, "n
 POSITIVE_FLOATS = ("eps", "rotary_base", "rotary_scale")
 BOOLS = ("gated_mlp", "attn_only", "parallel_attn_mlp", "tied_embeddings", "causal", "final_norm", "embed_norm",
          "scale_attn", "scale_attn_by_layer")
-CHOICES = {"norm": ("layernorm", "rmsnorm", "none"), "norm_placement": ("pre", "post"),
-           "positional": ("learned", "rotary", "none")}
+CHOICES = {"norm": ("layernorm", "rmsnorm", "none"), "norm_placement": NORM_PLACEMENTS,
+           "positional": ("learned", "rotary", "none"), "qk_norm": QK_NORMS}
+NONNEGATIVE_FLOATS = ("attn_scale", "attn_softcap", "final_softcap")  # 0: off (the default)
 MAX_DIM = 1 << 31  # no tensor dimension of a real checkpoint comes near this
 
 
@@ -391,6 +455,10 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             bad(key, v, "a positive finite number")
+    for key in NONNEGATIVE_FLOATS:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            bad(key, v, "a finite number ≥ 0 (0: off)")
     for key in BOOLS:
         if not isinstance(getattr(cfg, key), bool):
             bad(key, getattr(cfg, key), "true or false")
@@ -402,6 +470,12 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
                                                          or window <= 0):
         bad("sliding_window", window, "a positive integer (or null)")
     return cfg
+
+
+def rotary_permutation(rotary_dim: int, d_head: int) -> np.ndarray:
+    """Head coordinates in rotate-half order: interleaved rotary pairs (2i, 2i + 1) (GPT-J, Cohere) become
+    (i, i + rotary_dim/2). The same permutation of q's and k's coordinates leaves every score q·k unchanged."""
+    return np.concatenate([np.arange(0, rotary_dim, 2), np.arange(1, rotary_dim, 2), np.arange(rotary_dim, d_head)])
 
 
 def nonfinite(arr: np.ndarray, chunk: int = 1 << 24) -> int:
@@ -452,6 +526,15 @@ class Weights:
                 return rule, int(m.group(1)) if m.groups() else None
         return None, None
 
+    def _number(self, expr, what: str) -> float:
+        """A rule's ``offset``/``scale``: a number, or an expression over the config's values."""
+        from .spec import evaluate
+
+        value = evaluate(expr, {**self.cfg.as_dict(), **self.cfg.extras})
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"the {self.cfg.family} layout's {what} '{expr}' is not a finite number")
+        return float(value)
+
     def _source(self, rule, layer) -> str | None:
         froms = rule.get("from") or []
         froms = [froms] if isinstance(froms, str) else list(froms)
@@ -463,6 +546,35 @@ class Weights:
                 if prefix + src in self.ckpt.index:
                     return prefix + src
         return None
+
+    def _reshape(self, arr: np.ndarray, rule: dict, name: str, src: str) -> np.ndarray:
+        """The stored tensor ``src`` in ``name``'s canonical layout: slice, rearrange, index, drop_rows, K/V
+        expansion, rotary_pairs (docs/families.md)."""
+        last = name.rsplit(".", 1)[-1]
+        if "slice" in rule:  # rows [start, stop) of the first axis: one part of a fused tensor of unequal parts
+            start, stop = (int(self._number(x, f"{name} slice")) for x in rule["slice"])
+            if not 0 <= start < stop <= arr.shape[0]:
+                raise CheckpointError(f"tensor {src} has {arr.shape[0]} rows, too few for rows {start}:{stop} "
+                                      f"({name})")
+            arr = arr[start:stop]
+        if "rearrange" in rule:
+            sizes = dict(h=self.cfg.n_heads, k=self.cfg.n_kv_heads, e=self.cfg.d_head, d=self.cfg.d_model,
+                         m=self.cfg.d_mlp, v=self.cfg.d_vocab, n=self.cfg.n_ctx, three=3)
+            try:
+                arr = rearrange(arr, rule["rearrange"], sizes)
+            except ValueError as exc:
+                raise CheckpointError(f"tensor {src} has the wrong shape for {name}: {exc}") from None
+        if "index" in rule:
+            arr = arr[rule["index"]]
+        if rule.get("drop_rows"):  # e.g. OPT's learned positions start at row 2
+            arr = arr[rule["drop_rows"]:]
+        kv = ("W_K", "W_V", "b_K", "b_V") + (("k_norm_w",) if self.cfg.qk_norm == "full" else ())
+        if last in kv and arr.shape[:1] == (self.cfg.n_kv_heads,) != (self.cfg.n_heads,):
+            # query head h uses KV head h // group
+            arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)
+        if "rotary_pairs" in rule:
+            arr = arr[..., rotary_permutation(self.cfg.rotary_dim, arr.shape[-1])]
+        return arr
 
     def _load(self, name: str) -> np.ndarray:
         if name not in self.shapes:
@@ -485,22 +597,15 @@ class Weights:
         file = self.ckpt.index[src]
         if file.infos[src].dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"tensor {src} is stored as {file.infos[src].dtype}, not as floating point weights")
-        arr = file.read_storage(src)  # memory-mapped; rearranged in its stored (narrower) type, then widened
-        if "rearrange" in rule:
-            sizes = dict(h=self.cfg.n_heads, k=self.cfg.n_kv_heads, e=self.cfg.d_head, d=self.cfg.d_model,
-                         m=self.cfg.d_mlp, v=self.cfg.d_vocab, n=self.cfg.n_ctx, three=3)
-            try:
-                arr = rearrange(arr, rule["rearrange"], sizes)
-            except ValueError as exc:
-                raise CheckpointError(f"tensor {src} has the wrong shape for {name}: {exc}") from None
-        if "index" in rule:
-            arr = arr[rule["index"]]
-        if last in ("W_K", "W_V", "b_K", "b_V") and arr.shape[:1] == (self.cfg.n_kv_heads,) != (self.cfg.n_heads,):
-            # query head h uses KV head h // group
-            arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)
+        arr = self._reshape(file.read_storage(src), rule, name, src)  # memory-mapped; rearranged in its stored
+        # (narrower) type, then widened
         if arr.shape != shape:
             raise CheckpointError(f"tensor {src} has shape {list(arr.shape)}, expected {list(shape)} for {name}")
         arr = widen(arr, file.infos[src].dtype, self.dtype)
+        for key in ("offset", "scale"):  # Gemma's norm weights 1 + w; embedding and residual multipliers
+            if key in rule:
+                value = self.dtype.type(self._number(rule[key], f"{name} {key}"))
+                arr = arr + value if key == "offset" else arr * value
         file.release(src, keep=arr)
         bad = nonfinite(arr)
         if bad:

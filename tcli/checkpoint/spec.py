@@ -7,8 +7,9 @@ A spec (see ``families/*.yaml`` and docs/families.md) has:
   prefixes: name prefixes tried before each source name (e.g. ``transformer.``)
   config:   ModelConfig field -> config.json key, or {keys: [k, a.b], default: expr, map: {...}}
   fixed:    ModelConfig field -> constant
-  tensors:  canonical name (``{l}`` = layer) -> {from: src | [srcs], tied: src, rearrange: pattern,
-            index: i, missing: zeros | ones}
+  tensors:  canonical name (``{l}`` = layer) -> {from: src | [srcs], tied: src,
+            slice: [start, stop], rearrange: pattern, index: i, missing: zeros | ones, drop_rows: n,
+            rotary_pairs: interleaved, offset: expr, scale: expr}  (applied in that order; docs/families.md)
 Rearrange patterns use einops grammar with the sizes h=n_heads, k=n_kv_heads, e=d_head,
 d=d_model, m=d_mlp, v=d_vocab, n=n_ctx, three=3.
 """
@@ -113,7 +114,7 @@ COMMON_INERT = {"_name_or_path", "architectures", "chunk_size_feed_forward", "dt
                 "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache", "initializer_range",
                 "tokenizer_class", "attn_pdrop", "embd_pdrop", "resid_pdrop", "attention_dropout",
                 "hidden_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob"}
-RULE_KEYS = {"from", "tied", "rearrange", "index", "missing"}
+RULE_KEYS = {"from", "tied", "slice", "rearrange", "index", "missing", "drop_rows", "rotary_pairs", "offset", "scale"}
 CONFIG_KEYS = {"keys", "default", "map"}
 SCALARS = (str, int, float, bool, type(None))
 
@@ -178,6 +179,17 @@ def _check_tensor_rule(name: str, rule, bad) -> None:
         bad(f"tensors.{name}.index", "an integer")
     if rule.get("missing", "zeros") not in ("zeros", "ones"):
         bad(f"tensors.{name}.missing", "zeros or ones")
+    if "drop_rows" in rule and (not isinstance(rule["drop_rows"], int) or isinstance(rule["drop_rows"], bool)
+                                or rule["drop_rows"] < 0):
+        bad(f"tensors.{name}.drop_rows", "an integer ≥ 0")
+    if rule.get("rotary_pairs", "interleaved") != "interleaved":
+        bad(f"tensors.{name}.rotary_pairs", "interleaved")
+    if "slice" in rule and (not isinstance(rule["slice"], list) or len(rule["slice"]) != 2 or any(
+            isinstance(x, bool) or not isinstance(x, (int, str)) for x in rule["slice"])):
+        bad(f"tensors.{name}.slice", "[start, stop]: two integers or expressions over config values")
+    for key in ("offset", "scale"):
+        if key in rule and (isinstance(rule[key], bool) or not isinstance(rule[key], (int, float, str))):
+            bad(f"tensors.{name}.{key}", "a number or an expression over config values")
 
 
 @lru_cache(maxsize=None)
@@ -209,7 +221,13 @@ def detect(config: dict, tensor_names) -> FamilySpec:
 
 # ---------------------------------------------------------------- config expressions
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv}
+        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: lambda a, b: _pow(a, b)}
+
+
+def _pow(a, b):
+    if abs(b) > 64:  # no family needs more; a hostile spec could ask for 10 ** 10 ** 10
+        raise ValueError("exponent too large")
+    return a ** b
 
 
 def evaluate(expr, names: dict):
@@ -224,6 +242,8 @@ def evaluate(expr, names: dict):
             return names[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
         raise InputError(f"cannot evaluate the default '{expr}' in a family spec")
 
     try:

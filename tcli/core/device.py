@@ -151,3 +151,26 @@ def global_topk(A: np.ndarray, B: np.ndarray, n: int, largest: bool = True, bloc
     order = np.lexsort((c, r, -v))
     r, c, v = r[order], c[order], v[order]
     return r, c, v if largest else -v
+
+
+def diagonal_rows(A: np.ndarray, B: np.ndarray, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+                  block: int | None = None, progress: Callable[[int], None] | None = None
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """As ``stream.diagonal_rows`` on the active device: (row_ids [b], values [b], row_rank [b])."""
+    device = active() or "cpu"
+    torch, tA, tB = _factors(A, B, True, device)
+    rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
+    cols = rows if cols is None else np.asarray(cols)
+    n = tB.shape[1]
+    step = block or max(1, block_bytes(device) // max(1, n * tB.element_size()))
+    for start in range(0, len(rows), step):
+        ids = rows[start:start + step]
+        out = tA[torch.from_numpy(ids).to(device)] @ tB
+        _check_finite(torch, out)
+        c = torch.from_numpy(cols[start:start + step]).to(device)
+        d = out.gather(1, c[:, None])
+        rank = 1 + (out > d).sum(dim=1)
+        del out
+        yield ids, d[:, 0].cpu().numpy(), rank.cpu().numpy().astype(np.int64)
+        if progress:
+            progress(len(ids))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -168,3 +169,83 @@ def global_topk(A: np.ndarray, B: np.ndarray, n: int, largest: bool = True, bloc
         if progress:
             progress(b)
     return best_r, best_c, best_v if largest else -best_v
+
+
+def diagonal_rows(A: np.ndarray, B: np.ndarray, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+                  block: int | None = None, progress: Callable[[int], None] | None = None
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (row_ids [b], values [b], row_rank [b]) per block of the selected rows of M = A @ B:
+    value = M[i, c_i] with c_i = cols[i] (default: the row id itself, the diagonal), row_rank = 1 + the
+    number of entries of row i strictly greater than it. Exact: each value and its row come from the
+    same block product."""
+    if device.active() is not None:
+        yield from device.diagonal_rows(A, B, rows, cols, block, progress)
+        return
+    rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows)
+    cols = rows if cols is None else np.asarray(cols)
+    position = 0
+    for ids, out in _blocks(A, B, rows, True, False, block):
+        c = cols[position:position + len(ids)]
+        position += len(ids)
+        d = out[np.arange(len(ids)), c]
+        rank = 1 + (out > d[:, None]).sum(axis=1)
+        yield ids, d.copy(), rank
+        if progress:
+            progress(len(ids))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to take from a ranked matrix M = A @ B, built once by the CLI.
+
+    Per-row mode (``global_n`` None): the ``k`` best columns of each row in ``rows`` (None: every row).
+    Global mode: the ``global_n`` best entries of the whole matrix. ``bottom``: most negative instead.
+    ``diagonal``: per selected row t, M[t, t] and its rank in row t (square matrices)."""
+
+    rows: tuple[int, ...] | None = None
+    k: int = 10
+    global_n: int | None = None
+    bottom: bool = False
+    diagonal: bool = False
+
+    def row_ids(self) -> np.ndarray | None:
+        return None if self.rows is None else np.asarray(self.rows, dtype=np.int64)
+
+    @property
+    def per_row(self) -> bool:
+        return self.global_n is None and not self.diagonal
+
+
+@dataclass
+class Hits:
+    """Selected entries of M, one per position: row, col, value and rank (1-based; per-row modes rank
+    within the row, global mode over the matrix, diagonal mode is the diagonal's rank in its row);
+    ``local``: the row's index in the factor A (differs from ``row`` under a row map)."""
+
+    row: np.ndarray
+    col: np.ndarray
+    value: np.ndarray
+    rank: np.ndarray
+    local: np.ndarray
+
+
+def ranked(A: np.ndarray, B: np.ndarray, request: Request, progress: Callable[[int], None] | None = None,
+           row_map: np.ndarray | None = None) -> Iterator[Hits]:
+    """The entries of M = A @ B that ``request`` asks for, as Hits chunks in row order (global: one chunk,
+    best first). ``row_map``: A holds only the rows row_map (A's row i is M's row row_map[i]), all selected."""
+    largest = not request.bottom
+    rows = request.row_ids() if row_map is None else None
+    to_m = (lambda ids: ids) if row_map is None else (lambda ids: np.asarray(row_map)[ids])
+    if request.diagonal:
+        cols = None if row_map is None else np.asarray(row_map)
+        for ids, vals, rank in diagonal_rows(A, B, rows, cols, progress=progress):
+            r = to_m(ids)
+            yield Hits(r, r, vals, rank, ids)
+    elif request.global_n is not None:
+        r, c, v = global_topk(A, B, request.global_n, largest=largest, progress=progress)
+        yield Hits(to_m(r), c, v, np.arange(1, len(r) + 1), r)
+    else:
+        for ids, vals, cols in topk_rows(A, B, request.k, rows, largest=largest, progress=progress):
+            kk = vals.shape[1]
+            local = np.repeat(ids, kk)
+            yield Hits(to_m(local), cols.ravel(), vals.ravel(), np.tile(np.arange(1, kk + 1), len(ids)), local)
