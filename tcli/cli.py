@@ -545,7 +545,10 @@ def ov(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
     request = _request(opts, token, all_rows, global_n, k, bottom, diagonal)
     _, w, vocab = opts.load()
     with progress(_progress_total(opts, request, len(heads)), "OV circuits") as advance:
-        opts.render(run(w, vocab, heads, request, path, advance, _minus_weights(opts)))
+        if _distributed(opts):
+            opts.render(_by_unit(opts, "ov", heads, request, path))
+        else:
+            opts.render(run(w, vocab, heads, request, path, advance, _minus_weights(opts)))
 
 
 @command("Full QK circuits: which keys a query token attends to.",
@@ -597,7 +600,60 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
     if offset < 0:
         raise InputError("--offset must be 0 or more (keys come before the query)")
     with progress(0 if positional else _progress_total(opts, request, len(heads)), "QK circuits") as advance:
-        opts.render(run(w, vocab, heads, request, offset, scaled, positional, kv, qv, advance, _minus_weights(opts)))
+        if _distributed(opts):
+            opts.render(_by_unit(opts, "qk", heads, request, offset, scaled, positional, kv, qv))
+        else:
+            opts.render(run(w, vocab, heads, request, offset, scaled, positional, kv, qv, advance,
+                            _minus_weights(opts)))
+
+
+def _run_unit(name: str, args: tuple, kwargs: dict, opts: Options, unit):
+    """One unit of ov/qk (a head) or neurons --all (a (side, layer)) as a Dask task: the analysis on that
+    unit alone, every chunk computed (picklable)."""
+    import numpy as np
+
+    from .analyses import neurons, ranked
+    from .core import device as engine
+
+    engine.use(opts.device)
+    _, w, vocab = opts.load()
+    with np.errstate(over="raise", invalid="raise"):
+        if name == "neurons":
+            side, layer = unit
+            table = neurons.neurons(w, vocab, [(layer, None)], [side], *args, **kwargs)
+        else:
+            table = getattr(ranked, name)(w, vocab, [unit], *args, minus=_minus_weights(opts), **kwargs)
+        table.chunks = list(table.chunks)
+    return table
+
+
+def _by_unit(opts: Options, name: str, units, *args, title: str | None = None, **kwargs):
+    """--workers/--scheduler on one checkpoint: each unit (head of ov/qk, (side, layer) of neurons --all) one
+    task on the cluster (it loads the checkpoint itself); rows in unit order, as in the single-process run
+    (tested); notes merged."""
+    import copy
+    import functools
+
+    from .output.table import Table
+
+    remote = copy.copy(opts)
+    remote._loaded, remote._minus, remote.notes = None, {}, []
+    remote.workers = remote.scheduler = None
+    tables = opts.map_units(functools.partial(_run_unit, name, args, kwargs, remote), units)
+    first = next(tables)
+    notes = list(first.notes)
+
+    def chunks():
+        yield from first.chunks
+        for t in tables:
+            notes.extend(n for n in t.notes if n not in notes)
+            yield from t.chunks
+
+    return Table(first.columns, chunks(), title=title or first.title, notes=notes, token_columns=first.token_columns)
+
+
+def _distributed(opts: Options) -> bool:
+    return (opts.workers is not None or opts.scheduler is not None) and opts.units is None
 
 
 def _later(opts: Options, heads, via, all_heads: bool):
@@ -875,7 +931,11 @@ def neurons(opts: Options, k: Top = 10,
     layers = nr.check_layers(cfg, layer if layer else range(cfg.n_layers))
     total = len(sides) * len(layers) * cfg.d_mlp
     with progress(total, "neurons" if all_rows else "neuron census") as advance:
-        if all_rows:
+        if all_rows and _distributed(opts):
+            whole = nr.neurons(w, vocab, [(l, None) for l in layers], sides, k, bottom)  # its title (lazy chunks)
+            opts.render(_by_unit(opts, "neurons", [(s, l) for s in sides for l in layers], k, bottom,
+                                 title=whole.title))
+        elif all_rows:
             opts.render(nr.neurons(w, vocab, [(l, None) for l in layers], sides, k, bottom, advance))
         else:
             opts.render(nr.census(w, vocab, layers, sides, k, bottom, advance))
