@@ -898,7 +898,8 @@ def attention(opts: Options, prompt: Prompt = None, ids: Ids = None, k: Top = 3,
 @command("FFN neurons in vocabulary space.",
          ['tcli neurons',
           'tcli neurons 0.17 1.3 -k 5',
-          'tcli neurons --layer 1 --all --side in --csv'], sample="gpt2-2l", heads=True)
+          'tcli neurons --layer 1 --all --side in --csv'], sample="gpt2-2l", heads=True,
+         minus=True)
 def neurons(opts: Options, k: Top = 10,
             layer: Annotated[Optional[List[int]], typer.Option("--layer", help="A whole layer (repeatable): "
                                                                "its census, or with --all every neuron.")] = None,
@@ -923,6 +924,8 @@ def neurons(opts: Options, k: Top = 10,
     sides = nr.check_sides(cfg, [x.value for x in side or []])
     if opts.heads and (layer or all_rows):
         raise InputError("name neurons as L.N, or select whole layers with --layer (and --all), not both")
+    if opts.minus and (opts.heads or all_rows):
+        raise InputError("--minus with neurons joins the census (one row per neuron): drop the L.N words / --all")
     if opts.heads:
         selected = nr.check_neurons(cfg, opts.heads)
         with progress(0, "neurons") as advance:
@@ -938,7 +941,10 @@ def neurons(opts: Options, k: Top = 10,
         elif all_rows:
             opts.render(nr.neurons(w, vocab, [(l, None) for l in layers], sides, k, bottom, advance))
         else:
-            opts.render(nr.census(w, vocab, layers, sides, k, bottom, advance))
+            from .analyses.diff import minus
+
+            opts.render(minus(opts, "neurons", nr.census(w, vocab, layers, sides, k, bottom, advance),
+                              lambda w2: nr.census(w2, vocab, layers, sides, w2.cfg.d_mlp, bottom)))
 
 
 @command("One self-contained HTML page about a model.",

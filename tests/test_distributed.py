@@ -148,3 +148,13 @@ def test_a_worker_that_dies_is_retried(tmp_path, scheduler):
     marker = str(tmp_path / "died")
     assert list(map_units(_die_once, [(x, marker) for x in range(4)], scheduler=scheduler)) == [0, 10, 20, 30]
     assert os.path.exists(marker)  # a worker did die on unit 2, and the scheduler ran it again elsewhere
+
+
+def test_local_workers_get_the_callers_blas_threads(monkeypatch):
+    """Bit-identical rows need the same BLAS thread count in the workers as here (Dask's default is 1)."""
+    from tcli.distributed import blas_env
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = blas_env()
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and env["OMP_NUM_THREADS"] == str(len(os.sched_getaffinity(0)))

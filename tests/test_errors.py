@@ -178,8 +178,11 @@ def test_no_partial_output_file(tmp_path):
     assert not list(tmp_path.glob(".out.csv*"))
 
 
-def test_two_checkpoints(good, tmp_path):
-    assert_one_line_error(invoke("info", good, tmp_path, ok=False), "already given")
+def test_two_checkpoints_are_a_sweep_checked_before_any_output(good, tmp_path):
+    """Two checkpoint words are a sweep (SPEC 3d): a bad second one is one line, and nothing is printed."""
+    result = invoke("info", good, tmp_path, ok=False)
+    assert_one_line_error(result, "no .safetensors file")
+    assert str(tmp_path) in result.stderr
 
 
 def test_option_errors_per_command(hf_dirs, good):

@@ -97,3 +97,23 @@ def test_ov_and_qk_differences_with_paths_and_few_rows(pair):
     check(rows, A - B, A, B, "query_id", "key_id")
     assert rows_of(qk(wa, vocab, [(1, 1)], Request(k=2), key_via=(0, 2), minus=wb))[0].keys() >= {"value_a",
                                                                                                   "via_head"}
+
+
+def test_neuron_census_difference_joins_every_neuron_of_b(tmp_path):
+    """neurons --minus: A's most token-like neurons, with delta_* = A's value − B's value of the same
+    (layer, neuron, side), B's computed over every neuron (so a neuron outside B's own top-k still joins)."""
+    from builders import hf_model, save_hf
+    from helpers import invoke, parse
+
+    a, b = save_hf(hf_model("gpt2", seed=0), tmp_path / "a"), save_hf(hf_model("gpt2", seed=1), tmp_path / "b")
+    _, diff = parse(invoke("neurons", a, "-k", "3", "--minus", b, "--csv").stdout, "csv")
+    _, ra = parse(invoke("neurons", a, "-k", "3", "--csv").stdout, "csv")
+    _, rb = parse(invoke("neurons", b, "-k", "1000", "--csv").stdout, "csv")
+    by_key = {(r["layer"], r["neuron"], r["side"]): r for r in rb}
+    assert len(diff) == len(ra) == 6 and [r["neuron"] for r in diff] == [r["neuron"] for r in ra]
+    for r in diff:
+        other = by_key[(r["layer"], r["neuron"], r["side"])]
+        for c in ("z_score", "top_value", "mean", "std", "in_norm", "out_norm"):
+            assert float(r[f"delta_{c}"]) == pytest.approx(float(r[c]) - float(other[c]), abs=1e-6)
+    bad = invoke("neurons", a, "--all", "--minus", b, ok=False)
+    assert bad.exit_code == 2 and "census" in bad.stderr

@@ -1,7 +1,8 @@
 """``--minus CHECKPOINT2`` for census-type tables, and the vocabulary check every difference needs.
 
 A census row is identified by its keys (``heads``: layer, head; ``compose``: kind, layer1, head1, layer2,
-head2). The difference keeps the first checkpoint's table (its rows, order and columns) and adds, for each
+head2; ``neurons`` census: layer, neuron, side — B's census is then computed for every neuron, so that each
+of A's most token-like neurons finds its row). The difference keeps the first checkpoint's table (its rows, order and columns) and adds, for each
 score column c, ``delta_c = c(A) − c(B)``: B's row with the same keys, in float64. Both checkpoints must
 have the same rows (the same heads) and the same vocabulary.
 """
@@ -12,9 +13,12 @@ from ..errors import InputError
 from ..output.table import Figure, Table
 from .. import columns
 
-KEYS = {"heads": ["layer", "head"], "compose": ["kind", "layer1", "head1", "layer2", "head2"]}
-# the score columns that get a delta_* column (compose's baseline depends on the dimensions only)
-DELTAS = {"heads": [c for c in columns.HEADS if c not in KEYS["heads"]], "compose": ["score"]}
+KEYS = {"heads": ["layer", "head"], "compose": ["kind", "layer1", "head1", "layer2", "head2"],
+        "neurons": ["layer", "neuron", "side"]}
+# the score columns that get a delta_* column (compose's baseline depends on the dimensions only; a neuron's
+# rank and top token id are not differences)
+DELTAS = {"heads": [c for c in columns.HEADS if c not in KEYS["heads"]], "compose": ["score"],
+          "neurons": ["z_score", "top_value", "mean", "std", "in_norm", "gate_norm", "out_norm"]}
 
 
 def check_vocab(a, b, name_a: str, name_b: str) -> str | None:
@@ -89,7 +93,11 @@ def minus(opts, kind: str, table: Table, compute) -> Table:
         return table
     _, w, _ = opts.load()
     _, w2, _ = opts.load_minus()
-    if (w.cfg.n_layers, w.cfg.n_heads) != (w2.cfg.n_layers, w2.cfg.n_heads):
+    if kind == "neurons" and (w.cfg.n_layers, w.cfg.d_mlp) != (w2.cfg.n_layers, w2.cfg.d_mlp):
+        raise InputError(f"--minus: {opts.minus} has {w2.cfg.n_layers} layers × {w2.cfg.d_mlp} neurons, this "
+                         f"checkpoint {w.cfg.n_layers} × {w.cfg.d_mlp}: the neuron census difference joins rows by "
+                         "layer, neuron, side, so both need the same neurons")
+    if kind != "neurons" and (w.cfg.n_layers, w.cfg.n_heads) != (w2.cfg.n_layers, w2.cfg.n_heads):
         raise InputError(f"--minus: {opts.minus} has {w2.cfg.n_layers} layers × {w2.cfg.n_heads} heads, this "
                          f"checkpoint {w.cfg.n_layers} × {w.cfg.n_heads}: the {kind} difference joins rows by "
                          f"{', '.join(KEYS[kind])}, so both need the same heads")
