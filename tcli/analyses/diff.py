@@ -2,9 +2,9 @@
 
 A census row is identified by its keys (``heads``: layer, head; ``compose``: kind, layer1, head1, layer2,
 head2; ``neurons`` census: layer, neuron, side — B's census is then computed for every neuron, so that each
-of A's most token-like neurons finds its row). The difference keeps the first checkpoint's table (its rows, order and columns) and adds, for each
-score column c, ``delta_c = c(A) − c(B)``: B's row with the same keys, in float64. Both checkpoints must
-have the same rows (the same heads) and the same vocabulary.
+of A's most token-like neurons finds its row). The difference keeps the first checkpoint's table (its rows,
+order and columns) and adds, for each score column c, ``delta_c = c(A) − c(B)``: B's row with the same keys,
+in float64. Both checkpoints must have the same rows (the same heads) and the same vocabulary.
 """
 
 from __future__ import annotations
