@@ -139,6 +139,9 @@ Diagonal = Annotated[bool, typer.Option("--diagonal", help="Per row token t: M[t
                                         "(every row, or the --token rows); a note gives the share at rank 1.")]
 
 
+CIRCUIT_COMMANDS = ("bigram", "ov", "qk", "skiptrigram", "spectrum", "heads", "compose")
+
+
 class Options:
     """What every command shares: the checkpoint, processing and output choices."""
 
@@ -194,6 +197,8 @@ class Options:
             weights = process(ckpt.weights(np.dtype(self.dtype)), enabled=not self.raw,
                               center_unembed=not self.keep_logits)
             self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
+            if self.command in CIRCUIT_COMMANDS:  # what weight circuits leave out for this family (stderr)
+                self.notes += [f"circuits: {n}" for n in weights.notes if f"circuits: {n}" not in self.notes]
         return self._loaded
 
     def load_minus(self):

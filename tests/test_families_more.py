@@ -354,3 +354,35 @@ def test_info_lists_what_circuits_approximate(zoo, fam, says):
     notes = [line for line in result.stderr.splitlines() if line.startswith("circuits:")]
     for word in ("QK-norm", "outputs", "soft-cap"):
         assert any(word in n for n in notes) == (word in says)
+
+
+@pytest.mark.parametrize("command", [("ov", "0.1"), ("qk", "1.0"), ("heads", "--no-behaviour")])
+def test_circuit_commands_say_what_they_leave_out(zoo, command):
+    """The circuit commands print the same ``circuits:`` notes as ``info`` on stderr (QK-norm, sandwich norms)."""
+    path = zoo("olmo2")[1]
+    info = {l for l in invoke("info", path).stderr.splitlines() if l.startswith("circuits:")}
+    got = {l for l in invoke(command[0], path, *command[1:], "--csv").stderr.splitlines() if l.startswith("circuits:")}
+    assert info and got == info
+
+
+def test_rotary_offset_uses_the_layers_own_rope(zoo):
+    """Gemma 3: layer 0 is sliding (RoPE base 10), layer 1 full (base 1000, linear factor 4): ``qk --offset N``
+    rotates the query side with the layer's own tables, the score at relative distance N."""
+    from tcli.analyses import circuits
+    from tcli.checkpoint import open_checkpoint
+    from tcli.forward import apply_rotary, rotary_tables
+    from tcli.processing import process
+
+    w = process(open_checkpoint(zoo("gemma3_text")[1]).weights(np.float64))
+    cfg, N = w.cfg, 3
+    for l in (0, 1):
+        q = w["embed.W_E"] @ w[f"blocks.{l}.attn.W_Q"][0]
+        k = w["embed.W_E"] @ w[f"blocks.{l}.attn.W_K"][0]
+        cq, sq = rotary_tables(cfg, np.array([N + 5]), l)
+        ck, sk = rotary_tables(cfg, np.array([5]), l)
+        dense = apply_rotary(q[None], cq, sq, cfg.rotary_dim)[0] @ apply_rotary(k[None], ck, sk, cfg.rotary_dim)[0].T
+        np.testing.assert_allclose(circuits.qk(w, l, 0, N).dense(), dense, atol=1e-9)
+        np.testing.assert_allclose(circuits.qk_rows(w, l, 0, [2, 7], N).dense(), dense[[2, 7]], atol=1e-9)
+    a0, _ = rotary_tables(cfg, np.array([N]), 0)
+    a1, _ = rotary_tables(cfg, np.array([N]), 1)
+    assert not np.allclose(a0, a1)  # the two layers' bases differ, so the test can tell them apart

@@ -87,7 +87,7 @@ def qk_rows(w, l: int, h: int, rows, offset: int = 0, key_via=None, query_via=No
     """Rows ``rows`` (queries) of the full QK circuit (or its K-/Q-composition term, see ``qk``):
     (rot(W_E[rows] [W_OV^{query_via}] W_Q) (W_OV^{key_via} W_K)^T) [n, d] @ W_E^T [d, V]."""
     check_offset(w.cfg, offset)
-    q = _rotate(_through(w["embed.W_E"][rows], w, query_via) @ w[f"blocks.{l}.attn.W_Q"][h], w.cfg, offset)
+    q = _rotate(_through(w["embed.W_E"][rows], w, query_via) @ w[f"blocks.{l}.attn.W_Q"][h], w.cfg, offset, l)
     q = q @ w[f"blocks.{l}.attn.W_K"][h].T  # [n, d]: the key side's last map, transposed
     if key_via is not None:
         V1, O1 = _vo(w, *key_via)
@@ -95,11 +95,11 @@ def qk_rows(w, l: int, h: int, rows, offset: int = 0, key_via=None, query_via=No
     return Factored(q, w["embed.W_E"].T)
 
 
-def _rotate(x: np.ndarray, cfg, position: int) -> np.ndarray:
-    """Rows of x [n, e] rotated as a query or key at ``position``."""
+def _rotate(x: np.ndarray, cfg, position: int, layer: int | None = None) -> np.ndarray:
+    """Rows of x [n, e] rotated as a query or key at ``position``, with ``layer``'s RoPE (per-layer bases)."""
     if cfg.positional != "rotary" or position == 0:
         return x
-    cos, sin = rotary_tables(cfg, np.array([position]))
+    cos, sin = rotary_tables(cfg, np.array([position]), layer)
     return apply_rotary(x[None], cos, sin, cfg.rotary_dim)[0]
 
 
@@ -118,7 +118,7 @@ def qk(w, l: int, h: int, offset: int = 0, key_via=None, query_via=None) -> Fact
     cfg = w.cfg
     check_offset(cfg, offset)
     W_E, W_Q, W_K = w["embed.W_E"], w[f"blocks.{l}.attn.W_Q"][h], w[f"blocks.{l}.attn.W_K"][h]
-    q = _rotate(_path_side(W_E, w, query_via, W_Q), cfg, offset)
+    q = _rotate(_path_side(W_E, w, query_via, W_Q), cfg, offset, l)
     k = _path_side(W_E, w, key_via, W_K)
     return Factored(q, k.T)
 
