@@ -198,7 +198,7 @@ class Options:
                               center_unembed=not self.keep_logits)
             self._loaded = ckpt, weights, Vocab(ckpt.config.d_vocab, ckpt.tokenizer_path)
             if self.command in CIRCUIT_COMMANDS:  # what weight circuits leave out for this family (stderr)
-                self.notes += [f"circuits: {n}" for n in weights.notes if f"circuits: {n}" not in self.notes]
+                self.notes += [f"circuits: {n}" for n in weights.notes]
         return self._loaded
 
     def load_minus(self):
@@ -455,13 +455,15 @@ def _modes(tokens, all_rows: bool, global_n: int | None, k: int | None, diagonal
 
 
 def _request(opts: Options, tokens, all_rows: bool, global_n: int | None, k: int | None, bottom: bool = False,
-             diagonal: bool = False):
-    """The one row request of bigram/ov/qk (``core.stream.Request``), built from the mode options."""
+             diagonal: bool = False, row_id=None):
+    """The one row request of bigram/ov/qk (``core.stream.Request``), built from the mode options.
+    ``row_id``: text -> row id (default: the vocabulary's token lookup; qk --positional: a position)."""
     from .core.stream import Request
 
     k = _modes(tokens, all_rows, global_n, k, diagonal, bottom)
-    _, _, vocab = opts.load()
-    rows = tuple(vocab.token_id(t) for t in tokens) if tokens else None
+    if row_id is None:
+        row_id = opts.load()[2].token_id
+    rows = tuple(row_id(t) for t in tokens) if tokens else None
     if diagonal:
         return Request(rows=rows, diagonal=True)
     if tokens or all_rows:
@@ -593,15 +595,8 @@ def qk(opts: Options, k: RowTop = None, token: Tokens = None, all_rows: AllRows 
                          "does not apply")
     heads = _later(opts, opts.selected_heads(all_heads), kv or qv, all_heads)
     _, w, vocab = opts.load()
-    if positional:
-        from .core.stream import Request
-
-        k = _modes(token, all_rows, global_n, k)
-        rows = tuple(_position(t, w.cfg.n_ctx) for t in token) if token else None
-        request = (Request(rows=rows, k=k, bottom=bottom) if (token or all_rows) else
-                   Request(global_n=global_n or 30, bottom=bottom))
-    else:
-        request = _request(opts, token, all_rows, global_n, k, bottom, diagonal)
+    position = (lambda t: _position(t, w.cfg.n_ctx)) if positional else None
+    request = _request(opts, token, all_rows, global_n, k, bottom, diagonal, position)
     if offset < 0:
         raise InputError("--offset must be 0 or more (keys come before the query)")
     with progress(0 if positional else _progress_total(opts, request, len(heads)), "QK circuits") as advance:

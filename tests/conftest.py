@@ -21,6 +21,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(scope="module")
+def scheduler():
+    """The address of a Dask LocalCluster of 2 single-threaded worker processes, for the whole module
+    (skips where the distributed extra is not installed)."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory):
     """family -> (torch model, checkpoint dir) for every family of tests/builders.py."""

@@ -16,7 +16,7 @@ from helpers import invoke
 from sweep_data import trained_run
 from test_errors import assert_one_line_error
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,19 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    """The address of a LocalCluster of 2 single-threaded worker processes, for the whole module."""
-    import logging
-
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
 
 
 def sweep(run, *args):

@@ -4,26 +4,15 @@ run, rows in order."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_weights"
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
 
 
 def tcli(*args) -> subprocess.CompletedProcess:

@@ -54,9 +54,7 @@ class Factored:
         """M_A − M_B = [A_1, −A_2] @ [B_1; B_2]: one factored product of inner size r_1 + r_2 (exact)."""
         if self.shape != other.shape:
             raise ValueError(f"cannot subtract a {other.shape} matrix from a {self.shape} one")
-        dtype = np.result_type(self.A, other.A)
-        return Factored(np.hstack([self.A, -other.A]).astype(dtype, copy=False),
-                        np.vstack([self.B, other.B]).astype(dtype, copy=False))
+        return Factored(np.hstack([self.A, -other.A]), np.vstack([self.B, other.B]))
 
     def entries(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """M[rows[i], cols[i]] for each i (rows and cols [n]): n dot products of length r."""

@@ -211,10 +211,6 @@ class Request:
     def row_ids(self) -> np.ndarray | None:
         return None if self.rows is None else np.asarray(self.rows, dtype=np.int64)
 
-    @property
-    def per_row(self) -> bool:
-        return self.global_n is None and not self.diagonal
-
 
 @dataclass
 class Hits:
