@@ -832,7 +832,8 @@ def decompose(opts: Options, prompt: Prompt = None, ids: Ids = None,
     """Direct logit attribution: split a logit at a position into what each part of the model wrote.
 
     Components: embed, pos_embed, head (layer, head), attn_bias, mlp, norm_bias, unembed_bias (BERT adds
-    token_type_embed); each norm's scale is frozen from the real forward pass; the last row, total,
+    token_type_embed; mixture-of-experts layers give one expert row per expert that fired, plus
+    shared_expert, instead of mlp); each norm's scale is frozen from the real forward pass; the last row, total,
     equals the model's logit (the unprocessed model's: no unembedding centring). Default checkpoint: gpt2-2l."""
     from .analyses.residual import check_prompt, decompose as run_decompose
 

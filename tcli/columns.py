@@ -6,7 +6,8 @@ Light on purpose (no numpy): the CLI reads it to write ``--help``.
 
 INFO = ["family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "norm",
         "positional", "act_fn", "attn_only", "parallel_attn_mlp", "tied_embeddings", "dtype", "processing",
-        "tokenizer", "n_params", "norm_placement", "rotary_dim", "rotary_base", "unembed", "compute_dtype", "path"]
+        "tokenizer", "n_params", "norm_placement", "rotary_dim", "rotary_base", "unembed", "compute_dtype", "path",
+        "approximations"]  # what weight circuits leave out for this model ("none": exact); docs/families.md
 TENSORS = ["name", "dtype", "shape", "n_params"]
 BIGRAM = ["src_id", "src_token", "rank", "dst_id", "dst_token", "value"]
 OV = ["layer", "head", "src_id", "src_token", "rank", "out_id", "out_token", "value"]

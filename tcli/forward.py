@@ -8,7 +8,8 @@ One small function per block kind (``BLOCKS``), each returning the new residual 
   sandwich (Gemma 2/3):        x = x + ln1_post(attn(ln1(x)));  x = x + ln2_post(mlp(ln2(x)))
   sublayer (OLMo 2):           x = x + ln1_post(attn(x));       x = x + ln2_post(mlp(x))
 Attention: q, k, v = x W + b per head; optional QK-norm (RMSNorm of q and k per head, or over the whole
-projection); rotary; scores = q·k · scale; optional soft-cap c·tanh(s / c); causal / sliding-window mask.
+projection); rotary; scores = q·k · scale (+ an ALiBi bias slope·j, itself · scale in Falcon); optional
+soft-cap c·tanh(s / c); causal / sliding-window mask.
 Logits: ln_final(x) @ W_U + b_U, then an optional soft-cap (BERT: x @ W_E^T, no final norm).
 Every norm records its frozen linear map (mean and scale per position), so that any part of
 its input can be pushed through it exactly as the real run did (``Norm.apply``).
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import ModelConfig
+from .model import ModelConfig, moe_layer
 
 
 # ------------------------------------------------------------------ elementwise functions
@@ -125,22 +126,56 @@ def layer_norm(cfg: ModelConfig, w, name: str, x: np.ndarray) -> tuple[np.ndarra
 
 # ------------------------------------------------------------------ rotary
 def layer_rope(cfg: ModelConfig, layer: int | None) -> dict:
-    """Layer ``layer``'s rotary settings {base, scale, llama3} (per-layer bases: Gemma 3's local/global
-    layers); ``None``: the model's global settings."""
+    """Layer ``layer``'s rotary settings {base, scale, llama3, yarn, longrope, dynamic} (per-layer bases:
+    Gemma 3's local/global layers); ``None``: the model's global settings."""
     per_layer = cfg.extras.get("layer_rope")
     if layer is not None and per_layer is not None and per_layer[layer] is not None:
         return per_layer[layer]
-    return {"base": cfg.rotary_base, "scale": cfg.rotary_scale, "llama3": cfg.extras.get("rope_llama3")}
+    return cfg.extras.get("rope") or {"base": cfg.rotary_base, "scale": cfg.rotary_scale}
 
 
 def rotary_tables(cfg: ModelConfig, positions: np.ndarray, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [T, rotary_dim / 2] for rotate-half RoPE: θ_i = base^(-2i / rotary_dim)."""
+    """cos, sin [T, rotary_dim / 2] for rotate-half RoPE: θ_i = base^(-2i / rotary_dim), angles p·θ_i / scale,
+    rescaled as the RoPE type says (llama3, yarn, longrope, dynamic). LongRoPE and dynamic NTK depend on the
+    length T = max(positions) + 1, as in transformers. (YaRN's and LongRoPE's attention factor on cos and sin
+    is folded into the rotary coordinates of the queries and keys when they are read: ``rope_attention_factor``.)"""
     rd, rope = cfg.rotary_dim, layer_rope(cfg, layer)
-    inv_freq = 1.0 / (rope["base"] ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    positions = np.asarray(positions, dtype=np.float64)
+    T = int(positions.max()) + 1 if positions.size else 0
+    base, exponents = rope["base"], np.arange(0, rd, 2, dtype=np.float64) / rd
+    if rope.get("dynamic") and T > rope["dynamic"]["n_ctx"]:  # NTK: base · (f T / n_ctx − (f − 1))^(r / (r − 2))
+        f, n = rope["dynamic"]["factor"], rope["dynamic"]["n_ctx"]
+        base = base * (f * T / n - (f - 1)) ** (rd / (rd - 2))
+    inv_freq = 1.0 / (base ** exponents)
     if rope.get("llama3"):
         inv_freq = llama3_frequencies(inv_freq, **rope["llama3"])
-    angles = (np.asarray(positions, dtype=np.float64) / rope["scale"])[:, None] * inv_freq[None]
+    if rope.get("yarn"):
+        inv_freq = yarn_frequencies(rope["base"], rd, **rope["yarn"])
+    if rope.get("longrope"):  # per-frequency factors: the long set once the prompt passes the original context
+        lr = rope["longrope"]
+        inv_freq = 1.0 / (np.asarray(lr["long"] if T > lr["original"] else lr["short"]) * base ** exponents)
+    angles = (positions / rope.get("scale", 1.0))[:, None] * inv_freq[None]
     return np.cos(angles), np.sin(angles)
+
+
+def yarn_frequencies(base: float, rd: int, factor: float, original: float, truncate: bool, beta_fast: float,
+                     beta_slow: float, attention_factor: float = 1.0) -> np.ndarray:
+    """YaRN: frequencies that turn fewer than beta_slow times over the original context are interpolated
+    (θ / factor), those turning more than beta_fast times kept, with a linear ramp between (over the pair
+    index); returns θ [rd / 2]."""
+    def dim(rotations):  # the pair index whose frequency turns ``rotations`` times over the original context
+        return rd * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim(beta_fast), dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rd - 1)
+    if low == high:
+        high += 0.001  # as transformers: no division by zero
+    ramp = np.clip((np.arange(rd // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    extrapolation = 1.0 / base ** (np.arange(0, rd, 2, dtype=np.float64) / rd)
+    keep = 1 - ramp
+    return extrapolation / factor * (1 - keep) + extrapolation * keep
 
 
 def llama3_frequencies(inv_freq: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float,
@@ -164,6 +199,37 @@ def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: in
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., rotary_dim:]], axis=-1)
 
 
+# ------------------------------------------------------------------ ALiBi
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi slopes [H] as transformers computes them (float32): with p the largest power of two ≤ H, heads
+    0 … p−1 get 2^(−8k/p) (k = 1 … p); the remaining H − p heads get the odd powers of 2^(−4/p), 2^(−4k/p) for
+    k = 1, 3, 5, …"""
+    p = 2 ** math.floor(math.log2(n_heads))
+    base = np.float32(2 ** (-(2 ** -(math.log2(p) - 3))))
+    slopes = float(base) ** np.arange(1, p + 1, dtype=np.float64)
+    if p != n_heads:
+        extra = float(np.float32(2 ** (-(2 ** -(math.log2(2 * p) - 3)))))
+        slopes = np.concatenate([slopes, extra ** np.arange(1, 1 + 2 * min(p, n_heads - p), 2, dtype=np.float64)])
+    return slopes.astype(np.float32)
+
+
+def to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (round to nearest, ties to even), as float32."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
+def alibi_bias(cfg: ModelConfig, T: int, dtype) -> np.ndarray:
+    """The ALiBi bias [H, 1, T]: slope_h · (key position j), rounded as transformers rounds it (``alibi_rounding``:
+    float32, or bfloat16 slopes and products: Falcon). Under the causal softmax it equals −slope_h · (i − j)."""
+    slopes, j = alibi_slopes(cfg.n_heads), np.arange(T, dtype=np.float64)
+    if cfg.extras.get("alibi_rounding") == "bfloat16":
+        bias = to_bfloat16((to_bfloat16(slopes).astype(np.float64)[:, None] * j).astype(np.float32))
+    else:
+        bias = (slopes.astype(np.float64)[:, None] * j).astype(np.float32)
+    return bias[:, None, :].astype(dtype)
+
+
 # ------------------------------------------------------------------ per-layer record and cache
 @dataclass
 class Layer:
@@ -182,6 +248,20 @@ class Layer:
     mlp_post: Norm | None = None  # sandwich / sublayer: on the MLP output, before the residual add
     q_norm: Norm | None = None  # QK-norm of the queries (scale [H, T, 1], or [T, 1] over the whole projection)
     k_norm: Norm | None = None
+    moe: "Routing | None" = None  # mixture-of-experts layers: which experts fired and what each wrote
+
+
+@dataclass
+class Routing:
+    """A mixture-of-experts MLP's run (k = experts_per_token, E = n_experts): mlp_out = Σ_j expert_out[:, j]
+    + shared_out."""
+
+    router_logits: np.ndarray  # [T, E] x W_router
+    experts: np.ndarray  # [T, k] the experts that fired, by falling probability (ties: lower index first)
+    weights: np.ndarray  # [T, k] their router weights (softmax, top-k, renormalised if norm_topk_prob)
+    expert_out: np.ndarray  # [T, k, d] each fired expert's output times its weight
+    shared_out: np.ndarray | None = None  # [T, d] the shared expert's output times its sigmoid gate (or None)
+    tied: np.ndarray | None = None  # [T] bool: the k-th and (k+1)-th probabilities are exactly equal
 
 
 @dataclass
@@ -235,7 +315,8 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
 
 def qk_norm(cfg: ModelConfig, w, p: str, q: np.ndarray, k: np.ndarray):
     """QK-norm of q, k [H, T, e]: RMSNorm per head over e (``head``: Qwen 3, Gemma 3; weights [e]) or over
-    the whole projection H·e (``full``: OLMo 2; weights [H, e]). Returns (q, k, q Norm, k Norm)."""
+    the whole projection H·e (``full``: OLMo 2; weights [H, e]), or LayerNorm without bias per head over e
+    (``head_layernorm``: Cohere; weights [H, e]). Returns (q, k, q Norm, k Norm)."""
     if cfg.qk_norm == "none":
         return q, k, None, None
     out = []
@@ -243,6 +324,8 @@ def qk_norm(cfg: ModelConfig, w, p: str, q: np.ndarray, k: np.ndarray):
         wn = w[p + name]
         if cfg.qk_norm == "head":
             y, n = norm(cfg, x, wn, np.zeros_like(wn), "rmsnorm")
+        elif cfg.qk_norm == "head_layernorm":  # Cohere: LayerNorm (no bias) per head, weights per head [H, e]
+            y, n = norm(cfg, x, wn[:, None, :], np.zeros_like(wn[:, None, :]), "layernorm")
         else:  # over the whole projection [T, H·e]; K heads are repeated copies, so their mean square is the same
             H, T, e = x.shape
             flat = x.transpose(1, 0, 2).reshape(T, H * e)
@@ -260,12 +343,19 @@ def attention(cfg: ModelConfig, w, l: int, x: np.ndarray, positions: np.ndarray)
     qkv = x @ W.transpose(1, 0, 2).reshape(x.shape[1], 3 * H * e)  # one GEMM: [T, 3H·e]
     qkv = qkv.reshape(T, 3 * H, e).transpose(1, 0, 2)  # [3H, T, e]
     b = np.concatenate([w[p + "b_Q"], w[p + "b_K"], w[p + "b_V"]])[:, None]  # [3H, 1, e]
-    q, k, v = np.split(qkv + b, 3)  # each [H, T, e]
+    qkv = qkv + b
+    if cfg.clip_qkv:  # OLMo: q, k, v clamped to [-c, c] after the projection (before QK-norm and rotary)
+        np.clip(qkv, -cfg.clip_qkv, cfg.clip_qkv, out=qkv)
+    q, k, v = np.split(qkv, 3)  # each [H, T, e]
     q, k, q_n, k_n = qk_norm(cfg, w, p, q, k)
     if cfg.positional == "rotary":
         cos, sin = rotary_tables(cfg, positions, l)
         q, k = apply_rotary(q, cos, sin, cfg.rotary_dim), apply_rotary(k, cos, sin, cfg.rotary_dim)
-    scores = softcap(q @ k.transpose(0, 2, 1) * attention_scale(cfg, l), cfg.attn_softcap)  # [H, T_dst, T_src]
+    scores = q @ k.transpose(0, 2, 1) * attention_scale(cfg, l)
+    if cfg.positional == "alibi":
+        scores = scores + alibi_bias(cfg, T, scores.dtype) * (attention_scale(cfg, l) if cfg.extras["alibi_scaled"]
+                                                              else 1.0)
+    scores = softcap(scores, cfg.attn_softcap)  # [H, T_dst, T_src]
     masked = scores
     if cfg.causal:
         masked = np.where(np.tril(np.ones((T, T), bool)), masked, -np.inf)
@@ -283,6 +373,8 @@ def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     gated (SwiGLU): hidden = act(x W_gate + b_gate) * (x W_in + b_in). Attention-only: (0, None)."""
     if cfg.attn_only:
         return np.zeros_like(x), None
+    if cfg.n_experts and moe_layer(cfg, l):
+        return moe_mlp(cfg, w, l, x)
     p = f"blocks.{l}.mlp."
     pre = x @ w[p + "W_in"] + w[p + "b_in"]
     if cfg.gated_mlp:
@@ -292,9 +384,42 @@ def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return hidden @ w[p + "W_out"] + w[p + "b_out"], hidden
 
 
+def moe_mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, Routing]:
+    """A mixture-of-experts MLP on x [T, d] (Mixtral, Qwen2/3-MoE, as transformers): router probabilities
+    softmax(x W_router) [T, E]; the k most probable experts per token (exact ties: lower index first), their
+    probabilities renormalised to sum 1 if norm_topk_prob; out = Σ_j p_j SwiGLU_ej(x) (+ sigmoid(x W_sg) ·
+    SwiGLU_shared(x), Qwen2-MoE's shared expert). Returns (out [T, d], Routing)."""
+    p, k = f"blocks.{l}.mlp.", cfg.experts_per_token
+    logits = x @ w[p + "W_router"]
+    probs = softmax(logits)
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    experts = order[:, :k]
+    weights = np.take_along_axis(probs, experts, -1)
+    tied = np.take_along_axis(probs, order[:, k - 1:k + 1], -1) if k < cfg.n_experts else None
+    if cfg.norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdims=True)
+    W_in, W_gate, W_out = w[p + "W_in"], w[p + "W_gate"], w[p + "W_out"]
+    expert_out = np.zeros((x.shape[0], k, x.shape[1]), x.dtype)
+    for e in np.unique(experts):
+        rows, slot = np.nonzero(experts == e)
+        xe = x[rows]
+        hidden = act(cfg.act_fn, xe @ W_gate[e]) * (xe @ W_in[e])
+        expert_out[rows, slot] = (hidden @ W_out[e]) * weights[rows, slot][:, None]
+    out = expert_out.sum(1)
+    shared = None
+    if cfg.d_shared_expert:
+        hidden = act(cfg.act_fn, x @ w[p + "W_shared_gate"]) * (x @ w[p + "W_shared_in"])
+        gate = 1.0 / (1.0 + np.exp(-(x @ w[p + "W_shared_expert_gate"])))
+        shared = (hidden @ w[p + "W_shared_out"]) * gate
+        out = out + shared
+    return out, Routing(logits, experts, weights, expert_out, shared,
+                        None if tied is None else tied[:, 0] == tied[:, 1])
+
+
 def _record(x_in, att, b_O, out, hidden, x_out, **norms) -> Layer:
-    return Layer(x_in, att["pattern"], att["head_out"], b_O, out, hidden, x_out, q_norm=att["q_norm"],
-                 k_norm=att["k_norm"], **norms)
+    moe = hidden if isinstance(hidden, Routing) else None  # mixture-of-experts MLPs: no one hidden layer
+    return Layer(x_in, att["pattern"], att["head_out"], b_O, out, None if moe else hidden, x_out,
+                 q_norm=att["q_norm"], k_norm=att["k_norm"], moe=moe, **norms)
 
 
 # ------------------------------------------------------------------ blocks: (cfg, w, l, x, positions) -> (x, Layer)
@@ -362,6 +487,16 @@ def block_kind(cfg: ModelConfig) -> str:
 
 
 # ------------------------------------------------------------------ the model
+def padded_positions(w, tokens: np.ndarray, pad: int) -> np.ndarray:
+    """RoBERTa's position embeddings [T, d] (transformers' create_position_ids_from_input_ids): token i reads
+    row pad + (the number of non-pad tokens up to and including i) of the stored table, a pad token row pad.
+    ``embed.W_pos`` holds the rows from pad + 1 on (row p: position p of a prompt without pad tokens),
+    ``embed.W_pos_pad`` row pad."""
+    real = np.asarray(tokens) != pad
+    rows = np.maximum(np.cumsum(real) - 1, 0)
+    return np.where(real[:, None], w["embed.W_pos"][rows], w["embed.W_pos_pad"][None])
+
+
 def run(w, tokens, token_types=None) -> Cache:
     """Run the model on token ids [T]; return the Cache with every residual-stream piece and the logits.
     ``w``: weights, or processed weights (whose ``forward_view`` leaves out folds that are exact for
@@ -373,7 +508,10 @@ def run(w, tokens, token_types=None) -> Cache:
     positions = np.arange(T)
     d, dt = cfg.d_model, w.dtype
     embed = w["embed.W_E"][tokens]
-    pos = w["embed.W_pos"][positions] if cfg.positional == "learned" else np.zeros((T, d), dt)
+    if cfg.positional == "learned" and cfg.extras.get("position_rule") == "padding_offset":
+        pos = padded_positions(w, tokens, cfg.extras["padding_idx"])
+    else:
+        pos = w["embed.W_pos"][positions] if cfg.positional == "learned" else np.zeros((T, d), dt)
     types = np.zeros((T, d), dt)
     if cfg.n_token_types:
         types = w["embed.W_tt"][np.zeros(T, int) if token_types is None else np.asarray(token_types)]

@@ -17,9 +17,11 @@ their pre-norms and the final norm; sublayer models (OLMo 2, no pre-norms) the f
 Two folds are exact for circuits only (``CIRCUIT_STEPS``, applied with ``center_unembed``, the circuit
 commands' processing); ``forward_view`` is the same view without them, and the forward pass uses it:
   fold_qk_norm       QK-norm q̂ = (x W_Q + b_Q) / rms · w_q: W_Q, b_Q (and K) take w_q, w_k; the
-                     per-token 1/rms (a positive factor per query and per key) is left out.
+                     per-token 1/rms (a positive factor per query and per key) is left out. LayerNorm
+                     QK-norm (Cohere): W_Q, b_Q are also centred over d_head (exact); 1/std left out.
   fold_sublayer_norms  a norm on a sublayer's output, RMS(o) · w: W_O, b_O take ln1_post.w and W_out,
                      b_out take ln2_post.w; the per-position 1/rms is left out.
+  fold_embed_norm    an embedding norm of the token embedding alone (BLOOM): W_E rows go through it (exact).
 ``ProcessedWeights.notes`` says, one line each, what circuits leave out for the model (also soft-caps).
 """
 
@@ -32,8 +34,11 @@ import numpy as np
 from .model import ModelConfig
 
 STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "fold_qk_norm",
-         "fold_sublayer_norms")
-CIRCUIT_STEPS = ("fold_qk_norm", "fold_sublayer_norms")  # exact for circuits only: the forward pass leaves them out
+         "fold_sublayer_norms", "fold_embed_norm")
+# exact for circuits only: the forward pass leaves them out
+CIRCUIT_STEPS = ("fold_qk_norm", "fold_sublayer_norms", "fold_embed_norm")
+# mixture-of-experts tensors that read ln2's output (no biases: MoE models are pre-RMSNorm, loader._check_moe)
+MOE_READERS = ("W_router", "W_shared_in", "W_shared_gate", "W_shared_expert_gate")
 
 
 def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
@@ -50,7 +55,15 @@ def applicable_steps(cfg: ModelConfig) -> tuple[str, ...]:
         steps.append("fold_qk_norm")
     if cfg.norm_placement in ("sandwich", "sublayer"):
         steps.append("fold_sublayer_norms")
+    if embed_norm_foldable(cfg):
+        steps.append("fold_embed_norm")
     return tuple(steps)
+
+
+def embed_norm_foldable(cfg: ModelConfig) -> bool:
+    """An embedding norm that reads the token embedding alone (no learned positions or token types added
+    before it: BLOOM) is a function of the token: circuits may read W_E through it, exactly."""
+    return cfg.embed_norm and cfg.positional != "learned" and not cfg.n_token_types
 
 
 def circuit_notes(cfg: ModelConfig, steps: tuple[str, ...]) -> list[str]:
@@ -58,12 +71,27 @@ def circuit_notes(cfg: ModelConfig, steps: tuple[str, ...]) -> list[str]:
     notes = []
     if cfg.qk_norm != "none":
         how = "folded into W_Q, W_K" if "fold_qk_norm" in steps else "not folded (--raw)"
-        notes.append(f"QK-norm: its weights are {how}; the per-token 1/rms of q and k is left out (QK circuits "
+        if cfg.qk_norm == "head_layernorm" and "fold_qk_norm" in steps:
+            how += " with its centring over d_head"
+        stat = "1/std" if cfg.qk_norm == "head_layernorm" else "1/rms"
+        notes.append(f"QK-norm: its weights are {how}; the per-token {stat} of q and k is left out (QK circuits "
                      "are exact up to a positive factor per query and per key)")
+    if cfg.clip_qkv:
+        notes.append(f"clip_qkv: q, k, v are clamped to [-c, c], c = {cfg.clip_qkv:g}, in the forward pass; circuits "
+                     "leave the clamp out (exact where no entry of q, k, v exceeds c)")
     if cfg.norm_placement in ("sandwich", "sublayer"):
         how = "folded into W_O, b_O, W_out, b_out" if "fold_sublayer_norms" in steps else "not folded (--raw)"
         notes.append(f"norms on the attention/MLP outputs: their weights are {how}; the per-position 1/rms is "
                      "left out (OV circuits and neuron writes are exact up to a positive factor per position)")
+    if cfg.n_experts and cfg.extras.get("moe_layers"):
+        notes.append(f"mixture of experts: {cfg.n_experts} experts, top-{cfg.experts_per_token} per token"
+                     + (" and a shared expert" if cfg.d_shared_expert else "") + f", in {len(cfg.extras['moe_layers'])}"
+                     f" of {cfg.n_layers} layers; weight circuits do not read MLPs (neuron commands are refused)")
+    if cfg.positional == "alibi":
+        notes.append("ALiBi: QK circuits give the token-token scores; the per-head position bias −slope·(i − j) "
+                     "(added to every score, falling with distance) is left out")
+    if embed_norm_foldable(cfg) and "fold_embed_norm" not in steps:
+        notes.append("embedding norm: not folded (--raw); circuits read W_E without it")
     if cfg.attn_softcap:
         notes.append(f"attention soft-cap c·tanh(s / c), c = {cfg.attn_softcap:g}: QK circuits give the scores "
                      "before the cap (same order)")
@@ -140,6 +168,13 @@ class ProcessedWeights:
         center_read = fold and cfg.norm == "layernorm"
         center_write = "center_writing_weights" in self.steps
         fold_vb = "fold_value_biases" in self.steps
+        if name == "embed.W_E" and "fold_embed_norm" in self.steps:  # each row through the embedding norm
+            W = raw.take(name)
+            mean = W.mean(-1, keepdims=True) if cfg.norm == "layernorm" else 0.0
+            W -= mean
+            W /= np.sqrt((W * W).mean(-1, keepdims=True) + cfg.eps)
+            W = W * raw["embed.ln.w"] + raw["embed.ln.b"]
+            return center(W, inplace=True) if center_write else W
         if name in ("embed.W_E", "embed.W_pos"):  # vocab-sized: processed in place on an owned copy
             return center(raw.take(name), inplace=True) if center_write else raw[name]
         if name == "unembed.W_U":
@@ -174,6 +209,8 @@ class ProcessedWeights:
         out = self._pre_folded(name, l, block, short, ln, fold_pre, center_read, center_write, fold_vb)
         if qk_fold and short in ("W_Q", "W_K", "b_Q", "b_K"):  # w [e] or [H, e] on the head axis e
             wn = raw[f"blocks.{l}.attn.{short[-1].lower()}_norm_w"]
+            if cfg.qk_norm == "head_layernorm":  # its centring over e is linear: exact in W_Q, b_Q (and K)
+                out = center(out, -1)
             out = out * (wn[:, None, :] if wn.ndim == 2 and short.startswith("W") else wn)
         if post_fold and short in ("W_O", "b_O", "W_out", "b_out"):
             out = out * raw[f"blocks.{l}.{'ln1_post' if block == 'attn' else 'ln2_post'}.w"]
@@ -182,10 +219,10 @@ class ProcessedWeights:
     def _pre_folded(self, name, l, block, short, ln, fold, center_read, center_write, fold_vb) -> np.ndarray:
         """Layer tensor ``name`` with the pre-norm folded in, centred and value biases folded (as enabled)."""
         raw = self.raw
-        if short in ("W_Q", "W_K", "W_V", "W_in", "W_gate"):
+        if short in ("W_Q", "W_K", "W_V", "W_in", "W_gate") + MOE_READERS:
             W = raw[name]
-            if fold:
-                axis = 1 if block == "attn" else 0  # the d_model axis
+            if fold:  # mixture-of-experts layers (Routing): the router, each expert [E, d, f] and the shared expert
+                axis = 1 if block == "attn" or W.ndim == 3 else 0  # the d_model axis
                 W = fold_norm_weight(W, raw[ln + ".w"], axis)
                 W = center(W, axis) if center_read else W
             return W

@@ -45,3 +45,29 @@ def parse(text: str, fmt: str):
         return list(data[0]) if data else [], data
     data = [json.loads(line) for line in text.splitlines() if line.strip()]
     return list(data[0]) if data else [], data
+
+
+def saved_models(root, build):
+    """A lazy zoo: ``get(*key)`` -> (model, checkpoint dir), ``build(*key)`` saved under ``root`` on first use."""
+    made = {}
+
+    def get(*key):
+        if key not in made:
+            model = build(*key)
+            model.save_pretrained(root / "-".join(map(str, key)), safe_serialization=True)
+            made[key] = (model, root / "-".join(map(str, key)))
+        return made[key]
+    return get
+
+
+def decompose_rows(w, V: int, tokens, position: int, target: int, minus=None):
+    """(decompose's table, its rows as dicts), the rows checked to sum to the ``total`` row (the last)."""
+    import pytest
+
+    from tcli.analyses.residual import decompose
+    from tcli.checkpoint.tokens import Vocab
+
+    table = decompose(w, Vocab(V, None), tokens, position, target, minus)
+    rows = [dict(zip(table.columns, r)) for r in table.rows()]
+    assert sum(r["value"] for r in rows[:-1]) == pytest.approx(rows[-1]["value"], rel=1e-9)
+    return table, rows

@@ -212,7 +212,11 @@ def test_rope_parameters_flat_and_nested_config_forms():
     assert (cfg.rotary_scale, cfg.rotary_base) == (4.0, 7.0)
     from tcli.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="unsupported RoPE scaling 'yarn'"):
+    with pytest.raises(CheckpointError, match="unsupported RoPE scaling 'proportional'"):
+        build_config(llama, {**base, "rope_parameters": {"rope_type": "proportional", "factor": 4.0}})
+    with pytest.raises(CheckpointError, match="mrope_section"):  # a key no tcli RoPE type reads
+        build_config(llama, {**base, "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1]}})
+    with pytest.raises(CheckpointError, match="original_max_position_embeddings"):  # YaRN needs the original context
         build_config(llama, {**base, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(CheckpointError, match="unsupported activation"):
         build_config(llama, {**base, "hidden_act": "quick_gelu"})

@@ -16,10 +16,9 @@ import pytest
 import torch
 import transformers
 
-from helpers import invoke, parse
-from tcli.analyses.residual import decompose, lens_logits
+from helpers import decompose_rows, invoke, parse, saved_models
+from tcli.analyses.residual import lens_logits
 from tcli.checkpoint import open_checkpoint
-from tcli.checkpoint.tokens import Vocab
 from tcli.forward import run
 from tcli.processing import process
 
@@ -41,6 +40,19 @@ def _gemma2_like(**over):
 
 def _gpt(down: str, final: str) -> dict:
     return dict(down=down, final_norm=final, attn=None)
+
+
+FALCON = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=40, vocab_size=V,
+              max_position_embeddings=CTX, bos_token_id=0, eos_token_id=0)
+FALCON_NAMES = _gpt("transformer.h.{l}.mlp.dense_4h_to_h", "transformer.ln_f")
+
+
+def _alibi_once(model):
+    """transformers 5's eager Falcon adds the ALiBi bias twice (in the mask it builds and in the attention):
+    zero the attention's copy, leaving HF's own bias once, as its SDPA path (tests/test_families_alibi.py)."""
+    for block in model.transformer.h:
+        fwd = block.self_attention.forward
+        block.self_attention.forward = lambda *a, alibi=None, _f=fwd, **kw: _f(*a, alibi=torch.zeros_like(alibi), **kw)
 
 
 # family -> (config class, model class, config kwargs, module names). ``attn`` names a Llama-style attention
@@ -87,6 +99,23 @@ FAMILIES = {
             dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=40, word_embed_proj_dim=32,
                  vocab_size=V, max_position_embeddings=CTX, bos_token_id=0, eos_token_id=0, pad_token_id=1),
             _gpt("model.decoder.layers.{l}.fc2", "model.decoder.final_layer_norm")),
+    "falcon": ("FalconConfig", "FalconForCausalLM",  # falcon-7b: multi-query, parallel, one norm, rotary, no bias
+               dict(FALCON, rope_parameters={"rope_type": "default", "rope_theta": 300.0}), FALCON_NAMES),
+    "falcon_new": ("FalconConfig", "FalconForCausalLM",  # falcon-40b: grouped KV, ln_attn + ln_mlp
+                   dict(FALCON, new_decoder_architecture=True, num_kv_heads=2), FALCON_NAMES),
+    "falcon_alibi": ("FalconConfig", "FalconForCausalLM",  # falcon-rw: ALiBi, biases, sequential, per-head qkv
+                     dict(FALCON, alibi=True, bias=True, parallel_attn=False, multi_query=False),
+                     dict(FALCON_NAMES, hf_fix=_alibi_once)),
+    "bloom": ("BloomConfig", "BloomForCausalLM",
+              dict(n_layer=2, hidden_size=32, n_head=4, vocab_size=V, bos_token_id=0, eos_token_id=0), FALCON_NAMES),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", dict(DIMS, clip_qkv=2.0), dict(LLAMA_NAMES, attn=None)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(NO_HEAD_DIM),
+            dict(LLAMA_NAMES, down="model.layers.{l}.mlp.fc2", final_norm="model.final_layernorm", attn=None)),
+    "cohere": ("CohereConfig", "CohereForCausalLM", dict(NO_HEAD_DIM, logit_scale=0.5, attention_bias=True,
+                                                         rope_parameters={"rope_type": "default", "rope_theta": 300.0}),
+               dict(LLAMA_NAMES, attn=None)),
+    "cohere_qk_norm": ("CohereConfig", "CohereForCausalLM", dict(NO_HEAD_DIM, use_qk_norm=True, tie_word_embeddings=False),
+                       dict(LLAMA_NAMES, attn=None)),
 }
 NAMES = sorted(FAMILIES)
 
@@ -108,15 +137,7 @@ def build(fam: str, seed: int = 0, **over):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """fam -> (model, checkpoint dir), built once per module on first use."""
-    root, made = tmp_path_factory.mktemp("more"), {}
-
-    def get(fam):
-        if fam not in made:
-            model = build(fam)
-            model.save_pretrained(root / fam, safe_serialization=True)
-            made[fam] = (model, root / fam)
-        return made[fam]
-    return get
+    return saved_models(tmp_path_factory.mktemp("more"), build)
 
 
 def _attr(model, path: str, l: int | None = None):
@@ -133,6 +154,11 @@ def _float64_reference(model):
         w = (1.0 + self.weight) if "Gemma" in type(self).__name__ else self.weight
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
+    def layer_norm(self, x):  # OlmoLayerNorm (no parameters, eps 1e-5), CohereLayerNorm (weight, no bias)
+        centred = x - x.mean(-1, keepdim=True)
+        y = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + getattr(self, "variance_epsilon", 1e-5))
+        return y * self.weight if hasattr(self, "weight") else y
+
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def rope(self, x, position_ids, layer_type=None):
@@ -141,7 +167,8 @@ def _float64_reference(model):
         inv = 1.0 / (params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         pos = position_ids[..., None].double() / (params.get("factor", 1.0) if params.get("rope_type") == "linear"
                                                    else 1.0)
-        emb = torch.cat((pos * inv, pos * inv), dim=-1)
+        interleaved = "Cohere" in type(self).__name__  # Cohere's pairs (2i, 2i + 1)
+        emb = torch.repeat_interleave(pos * inv, 2, dim=-1) if interleaved else torch.cat((pos * inv, pos * inv), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
     for module in model.modules():
@@ -149,17 +176,22 @@ def _float64_reference(model):
             module.embed_scale = torch.tensor(module.scalar_embed_scale, dtype=torch.float64)
         if type(module).__name__.endswith("RMSNorm"):
             module.forward = types.MethodType(rms, module)
+        if type(module).__name__.endswith("LayerNorm") and not isinstance(module, torch.nn.LayerNorm):
+            module.forward = types.MethodType(layer_norm, module)  # OLMo's, Cohere's: float32 statistics
         if type(module).__name__.endswith("RotaryEmbedding") and getattr(cfg, "rope_parameters", None):
             module.forward = types.MethodType(rope, module)
     return model
 
 
-def hf_run(fam, dtype):
-    """(logits, hidden states, attentions, MLP down-proj inputs) of a fresh copy of ``fam`` in ``dtype``."""
-    model = build(fam).to(dtype)
+def hf_run(fam, dtype, **over):
+    """(logits, hidden states, attentions, MLP down-proj inputs) of a fresh copy of ``fam`` in ``dtype``
+    (``over``: config values in place of the entry's)."""
+    model = build(fam, **over).to(dtype)
     if dtype == torch.float64:
         _float64_reference(model)
     names, acts = FAMILIES[fam][3], {}
+    if names.get("hf_fix"):  # a transformers defect undone (falcon_alibi)
+        names["hf_fix"](model)
     hooks = [_attr(model, names["down"], l).register_forward_pre_hook(
         lambda mod, args, l=l: acts.__setitem__(l, args[0].reshape(-1, args[0].shape[-1]).double().numpy()))
         for l in range(2)]  # batch 1 (OPT flattens batch and positions)
@@ -168,7 +200,15 @@ def hf_run(fam, dtype):
     def softmax64(x, dim=None, dtype=None, **kw):  # eager attention's softmax is float32 even in float64
         return softmax(x, dim=dim, dtype=None if x.dtype == torch.float64 else dtype, **kw)
 
-    with torch.no_grad(), unittest.mock.patch.object(torch.nn.functional, "softmax", softmax64):
+    def cohere_rotary64(q, k, cos, sin, unsqueeze_dim=1):  # Cohere's rotary without its cast to float32
+        rot = transformers.models.cohere.modeling_cohere.rotate_half
+        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+    cohere = transformers.models.cohere.modeling_cohere
+    rotary = unittest.mock.patch.object(cohere, "apply_rotary_pos_emb", cohere_rotary64 if dtype == torch.float64
+                                        else cohere.apply_rotary_pos_emb)
+    with torch.no_grad(), unittest.mock.patch.object(torch.nn.functional, "softmax", softmax64), rotary:
         out = model(torch.tensor(TOKENS)[None], output_hidden_states=True, output_attentions=True)
     for h in hooks:
         h.remove()
@@ -211,10 +251,8 @@ def test_decompose_sums_to_the_hf_logit_and_lens_is_hf(fam, raw, zoo):
     cap = ck.config.final_softcap
     tol = FAMILIES[fam][3].get("tol64", 1e-9)
     for position, target, minus in ((-1, 5, None), (3, 7, 11)):
-        table = decompose(w, Vocab(V, None), TOKENS, position, target, minus)
-        rows = [dict(zip(table.columns, r)) for r in table.rows()]
+        table, rows = decompose_rows(w, V, TOKENS, position, target, minus)
         total = rows[-1]["value"]
-        assert sum(r["value"] for r in rows[:-1]) == pytest.approx(total, rel=1e-9)
         capped = (lambda x: cap * np.tanh(x / cap)) if cap else (lambda x: x)
         pre = np.arctanh(logits / cap) * cap if cap else logits  # HF's logits before its cap
         want = pre[position, target] - (pre[position, minus] if minus is not None else 0)
@@ -226,7 +264,7 @@ def test_decompose_sums_to_the_hf_logit_and_lens_is_hf(fam, raw, zoo):
     final_norm = _attr(fresh, FAMILIES[fam][3]["final_norm"])
     with torch.no_grad():
         expect = fresh.lm_head(final_norm(torch.tensor(hidden[1])[None]))[0].double().numpy()
-    expect = expect / getattr(fresh.config, "logits_scaling", 1.0)  # Granite
+    expect = expect / getattr(fresh.config, "logits_scaling", 1.0) * getattr(fresh.config, "logit_scale", 1.0)
     expect = cap * np.tanh(expect / cap) if cap else expect
     assert rel(lens[0], expect) < tol
     assert rel(lens[1], logits) < tol
@@ -266,12 +304,17 @@ def _dense_from_canonical(path, l, h):
     w = open_checkpoint(path).weights(np.float64)
     cfg, p = w.cfg, f"blocks.{l}."
     E = w["embed.W_E"]
+    if cfg.embed_norm:  # BLOOM: the embedding LayerNorm, a function of the token alone
+        E = (E - E.mean(1, keepdims=True)) / np.sqrt(E.var(1, keepdims=True) + cfg.eps) * w["embed.ln.w"] \
+            + w["embed.ln.b"]
     if cfg.norm == "layernorm":
         E = E - E.mean(1, keepdims=True)
     X = E * (w[p + "ln1.w"] if cfg.norm_placement != "sublayer" else 1.0)
     Wq, Wk = w[p + "attn.W_Q"][h], w[p + "attn.W_K"][h]
     if cfg.qk_norm != "none":
         qn, kn = w[p + "attn.q_norm_w"], w[p + "attn.k_norm_w"]
+        if cfg.qk_norm == "head_layernorm":  # Cohere's LayerNorm per head: its centring over d_head is linear
+            Wq, Wk = Wq - Wq.mean(-1, keepdims=True), Wk - Wk.mean(-1, keepdims=True)
         Wq, Wk = Wq * (qn[h] if qn.ndim == 2 else qn), Wk * (kn[h] if kn.ndim == 2 else kn)
     Wo = w[p + "attn.W_O"][h] * (w[p + "ln1_post.w"] if cfg.norm_placement in ("sandwich", "sublayer") else 1.0)
     W_U = w["unembed.W_U"] * (w["ln_final.w"][:, None] if cfg.final_norm else 1.0)
@@ -308,7 +351,8 @@ def test_circuits_equal_dense_with_the_linear_part_folded(fam, zoo):
     ("gemma2", "use_bidirectional_attention", True, "use_bidirectional_attention"),
     ("stablelm", "qk_layernorm", True, "qk_layernorm"),
     ("opt", "do_layer_norm_before", False, "do_layer_norm_before"),
-    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4}, "longrope"),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4}, "short_factor"),  # factors missing
+    ("phi3", "rope_parameters", {"rope_type": "proportional", "rope_theta": 1e4}, "proportional"),
 ])
 def test_options_that_change_the_maths_are_refused(zoo, tmp_path, fam, key, value, says):
     """Config values tcli does not compute exit 2 with one line naming them."""
@@ -350,8 +394,9 @@ def test_info_lists_what_circuits_approximate(zoo, fam, says):
     the documented record."""
     result = invoke("info", zoo(fam)[1], "--json")
     record = parse(result.stdout, "json")[1][0]
-    assert record["family"] == fam and "approximations" not in record
     notes = [line for line in result.stderr.splitlines() if line.startswith("circuits:")]
+    assert record["family"] == fam
+    assert record["approximations"] == ("; ".join(n.removeprefix("circuits: ") for n in notes) or "none")
     for word in ("QK-norm", "outputs", "soft-cap"):
         assert any(word in n for n in notes) == (word in says)
 
@@ -386,3 +431,10 @@ def test_rotary_offset_uses_the_layers_own_rope(zoo):
     a0, _ = rotary_tables(cfg, np.array([N]), 0)
     a1, _ = rotary_tables(cfg, np.array([N]), 1)
     assert not np.allclose(a0, a1)  # the two layers' bases differ, so the test can tell them apart
+
+
+@pytest.mark.parametrize("fam, says", [("cohere", "tied to W_E, times logit_scale"),
+                                       ("granite", "separate W_U, times 1 / logits_scaling"), ("qwen3", "separate W_U")])
+def test_info_names_the_factor_folded_into_the_unembedding(zoo, fam, says):
+    record = parse(invoke("info", zoo(fam)[1], "--json").stdout, "json")[1][0]
+    assert record["unembed"] == says

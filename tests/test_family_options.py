@@ -110,7 +110,8 @@ def test_every_tensor_is_read_or_ignored(hf_dirs, tmp_path, extra, ok):
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert", "qwen3", "gemma",
                                         "gemma2", "gemma3_text", "olmo2", "phi3", "granite", "starcoder2",
-                                        "stablelm", "gptj", "gpt_neo", "opt"])
+                                        "stablelm", "gptj", "gpt_neo", "opt", "olmo", "phi", "cohere", "falcon",
+                                        "bloom", "roberta", "distilbert", "mixtral", "qwen2_moe", "qwen3_moe"])
 def test_every_config_key_transformers_reads_is_handled(model_type):
     """Each key of the family's transformers config is read by the family YAML, declared inert there (with
     a reason), or one of the keys no forward pass reads; a new option that changes the maths fails here."""
@@ -161,7 +162,7 @@ def test_llama3_rope_scaling(tmp_path, dtype, tol):
     model = transformers.LlamaForCausalLM(cfg).to(torch.float64 if dtype == np.float64 else torch.float32)
     path = save_hf(model.float(), tmp_path / "m")
     ck = open_checkpoint(path)
-    assert ck.config.extras["rope_llama3"]["factor"] == 8.0
+    assert ck.config.extras["rope"]["llama3"]["factor"] == 8.0
     model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
     with torch.no_grad():
         ref = model(torch.tensor(TOKENS)[None]).logits[0].double().numpy()
@@ -174,3 +175,79 @@ def test_llama3_rope_scaling(tmp_path, dtype, tol):
     (path / "config.json").write_text(json.dumps(config))
     plain = run(process(open_checkpoint(path).weights(dtype), enabled=False), TOKENS).logits
     assert np.abs(plain - ours).max() > 1e-4
+
+
+ROPE_TYPES = [  # (family config class, rope_parameters): every type transformers 5 computes for decoders
+    ("LlamaConfig", {"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0, "original_max_position_embeddings": 16}),
+    ("LlamaConfig", {"rope_type": "yarn", "rope_theta": 500.0, "factor": 8.0, "original_max_position_embeddings": 8,
+                     "beta_fast": 8.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.5, "truncate": False}),
+    ("Qwen3Config", {"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0, "original_max_position_embeddings": 16}),
+    ("StableLmConfig", {"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0, "original_max_position_embeddings": 16,
+                        "partial_rotary_factor": 0.5}),
+    ("LlamaConfig", {"rope_type": "dynamic", "rope_theta": 500.0, "factor": 4.0}),
+    ("Phi3Config", {"rope_type": "longrope", "rope_theta": 300.0, "original_max_position_embeddings": 8,
+                    "short_factor": [1.0, 1.5, 2.0, 1.2], "long_factor": [2.0, 3.0, 4.0, 5.0]}),
+]
+
+
+def _rope_model(cls: str, rope: dict, dtype):
+    import transformers
+
+    kw = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=40, vocab_size=61, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+              pad_token_id=0, rope_parameters=rope)
+    if cls != "StableLmConfig":
+        kw["head_dim"] = 8
+    cfg = getattr(transformers, cls)(**kw)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1.0 if "norm" in name else 0.0) + 0.3 * torch.randn_like(p))
+    return model.to(dtype)
+
+
+# float64: transformers computes the RoPE frequencies, cos and sin in float32 even in a float64 model (1e-6 apart
+# at these positions); a wrong formula is 1e-2 off
+@pytest.mark.parametrize("cls, rope", ROPE_TYPES, ids=lambda x: x if isinstance(x, str) else x["rope_type"])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-4), (np.float64, 1e-5)])
+def test_rope_types_match_transformers(tmp_path, cls, rope, dtype, tol):
+    """YaRN (its ramp and attention factor, folded into the rotary coordinates of W_Q/W_K or of the QK-norm
+    weights), dynamic NTK (default RoPE within the context) and LongRoPE (short factors for prompts within the
+    original context, long ones beyond, and its attention factor) against transformers' forward; prompts of 6
+    and 12 tokens either side of LongRoPE's original context of 8."""
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    model = _rope_model(cls, rope, torch_dtype)
+    path = save_hf(model.float(), tmp_path / "m")
+    model = model.to(torch_dtype)
+    w = process(open_checkpoint(path).weights(dtype), enabled=False)
+    for tokens in (TOKENS[:6], TOKENS + [7, 4]):
+        with torch.no_grad():
+            ref = model(torch.tensor(tokens)[None]).logits[0].double().numpy()
+        ours = run(w, tokens).logits
+        assert np.abs(ours - ref).max() / np.abs(ref).max() < tol
+
+
+def test_qk_circuit_with_yarn_equals_transformers_rotary(tmp_path):
+    """``qk --offset N`` on a YaRN model is the score transformers computes for a query N positions after its
+    key: HF's own rotary tables (with the attention factor 0.1 ln 4 + 1 on cos and sin) applied to E W_Q, E W_K."""
+    from tcli.analyses import circuits
+
+    model = _rope_model(*ROPE_TYPES[0], torch.float64)
+    path = save_hf(model.float(), tmp_path / "m")
+    model = model.double()
+    w = process(open_checkpoint(path).weights(np.float64))  # ln1.w folded into W_Q, W_K
+    att, rot = model.model.layers[1].self_attn, model.model.rotary_emb
+    t = lambda x: x.detach().double()  # noqa: E731
+    E = t(model.model.embed_tokens.weight) * t(model.model.layers[1].input_layernorm.weight)  # raw: ln1.w
+    for N in (3, 11):
+        pos = torch.tensor([[5, 5 + N]])
+        cos, sin = rot(E[None], pos)
+        q = (E @ t(att.q_proj.weight).T).reshape(61, 4, 8)[:, 0]
+        k = (E @ t(att.k_proj.weight).T).reshape(61, 2, 8)[:, 0]
+
+        def rope_at(x, i):
+            half = torch.cat([-x[..., 4:], x[..., :4]], -1)
+            return x * cos[0, i].double() + half * sin[0, i].double()
+        dense = (rope_at(q, 1) @ rope_at(k, 0).T).numpy()
+        np.testing.assert_allclose(circuits.qk(w, 1, 0, N).dense(), dense, rtol=1e-5, atol=1e-5 * np.abs(dense).max())

@@ -25,10 +25,18 @@ def info_record(ckpt, w) -> dict:
         "norm_placement": cfg.norm_placement,
         "rotary_dim": cfg.rotary_dim if cfg.positional == "rotary" else None,
         "rotary_base": cfg.rotary_base if cfg.positional == "rotary" else None,
-        "unembed": cfg.unembed_note or ("tied to W_E" if cfg.tied_embeddings else "separate W_U"),
+        "unembed": unembed_note(ckpt),
         "compute_dtype": str(w.dtype), "path": str(ckpt.path),
         "approximations": "; ".join(approximations(w)) or "none",
     }
+
+
+def unembed_note(ckpt) -> str:
+    """Where W_U comes from, and the factor folded into it (Cohere's logit_scale, Granite's 1 / logits_scaling)."""
+    cfg = ckpt.config
+    note = cfg.unembed_note or ("tied to W_E" if cfg.tied_embeddings else "separate W_U")
+    scale = (ckpt.spec.tensors.get("unembed.W_U") or {}).get("scale")
+    return note + (f", times {scale}" if scale is not None else "")
 
 
 def approximations(w) -> list[str]:

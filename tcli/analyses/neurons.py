@@ -45,6 +45,9 @@ CENSUS_TOKENS = 5  # tokens listed in the census column top_tokens
 def check_mlp(cfg) -> None:
     if cfg.attn_only or not cfg.d_mlp:
         raise InputError("this model is attention-only: it has no MLP neurons")
+    if cfg.n_experts and cfg.extras.get("moe_layers"):
+        raise InputError(f"this {cfg.family} model's MLPs are mixtures of experts ({cfg.n_experts} experts per layer): "
+                         "neuron commands read one [d, m] MLP per layer and are not computed for them")
 
 
 def check_layers(cfg, layers) -> list[int]:

@@ -19,6 +19,10 @@ post-activation hidden (gated: act(x W_gate) · (x W_in)) at p; its n-th term pa
 norms, so its contribution is a_n (W_out[n] → later norms) · u. The N terms with the largest |value|
 per layer are rows ``neuron``; the other m − N terms plus b_out are one ``mlp_rest`` row, so rows still
 sum to the layer's ``mlp`` value and the total is unchanged.
+
+Mixture-of-experts layers: the MLP's piece is Σ_j p_j expert_j(x) (+ the gated shared expert), so the layer
+gives one row per expert that fired at p (component ``expert``, label ``mlp L expert E``, its router weight
+included) and one ``shared_expert`` row; they sum to the layer's MLP output. ``--neurons`` is refused there.
 """
 
 from __future__ import annotations
@@ -80,7 +84,12 @@ def pieces(cache: Cache, cfg, p: int, w=None) -> list[tuple[str, int | None, int
             out[:] = through(layer.ln1, f"ln1.b {l}", l, out)
         if cfg.attn_only:
             continue
-        if w is not None:
+        if layer.moe is not None:
+            r = layer.moe
+            mlp = [("expert", l, None, f"mlp {l} expert {e}", r.expert_out[p, j]) for j, e in enumerate(r.experts[p])]
+            if r.shared_out is not None:
+                mlp.append(("shared_expert", l, None, f"mlp {l} shared expert", r.shared_out[p]))
+        elif w is not None:
             W_out = w[f"blocks.{l}.mlp.W_out"]
             mlp = [("mlp_neurons", l, None, f"mlp {l}", layer.mlp_act[p][:, None] * W_out),
                    ("mlp_bias", l, None, f"b_out {l}", w[f"blocks.{l}.mlp.b_out"])]
@@ -128,6 +137,9 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
     if neurons is not None:
         if cfg.attn_only or not cfg.d_mlp:
             raise InputError("--neurons: this model is attention-only: it has no MLP neurons")
+        if cfg.n_experts and cfg.extras.get("moe_layers"):
+            raise InputError(f"--neurons: this {cfg.family} model's MLPs are mixtures of experts: per-neuron "
+                             "attribution is not computed for them (without --neurons: one row per expert)")
         rows = _neuron_rows(pieces(cache, cfg, p, w), u, neurons)
     else:
         rows = [(c, l, h, float(v @ u), lab) for c, l, h, lab, v in pieces(cache, cfg, p)
@@ -145,6 +157,12 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
     capped = " before the final soft-cap" if cfg.final_softcap else ""
     notes = [f"position {p} (token {vocab.string(int(tokens[p]))!r}): components sum to {total:.6g}; "
              f"the model's {what}{capped} is {model:.6g} (difference {total - model:.2g})"]
+    ties = [l for l, layer in enumerate(cache.layers) if layer.moe is not None and layer.moe.tied is not None
+            and layer.moe.tied[p]]
+    if ties:
+        notes.append(f"router ties at layer(s) {', '.join(map(str, ties))}: the k-th and next expert are exactly "
+                     "equally probable there; tcli takes the lower expert index (torch.topk's choice among ties may "
+                     "differ)")
     if cfg.final_softcap:
         notes.append(f"the model's logits are soft-capped, c·tanh(logit / c) with c = {cfg.final_softcap:g}: "
                      f"its {what} after the cap is {logit(cache.logits):.6g}; the components add up to the "

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..model import ACT_FNS, NORM_PLACEMENTS, QK_NORMS, ModelConfig, canonical_shapes
+from ..model import ACT_FNS, NORM_PLACEMENTS, POSITIONALS, QK_NORMS, ModelConfig, canonical_shapes
 from .safetensors import SafetensorsFile, widen
 from .spec import FamilySpec, detect, load_spec, read_config, rearrange
 
@@ -142,7 +142,7 @@ def unconsumed(ckpt: Checkpoint, w: "Weights") -> list[str]:
         rule, layer = w._rule(name)
         src = w._source(rule, layer) if rule is not None else None
         if src is not None:
-            used.add(src)
+            used.update(w._experts(rule, layer, src) or [src])
     patterns = [re.compile("(?:" + "|".join(re.escape(p) for p in ("",) + tuple(ckpt.spec.prefixes)) + ")"
                            + fnmatch.translate(pat.replace("{l}", "[0-9]*")).replace("\\Z", "") + "$")
                 for pat in ckpt.spec.ignore]
@@ -312,17 +312,21 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
             values["rotary_dim"] = int(values["d_head"] * float(extras.get("rotary_pct", 1.0)))
         if values["rotary_dim"] % 2 or not 0 < values["rotary_dim"] <= values["d_head"]:
             raise CheckpointError(f"rotary dimension {values['rotary_dim']} must be even and at most d_head")
-        scaling = extras.get("rope_scaling")
-        per_type = isinstance(scaling, dict) and scaling and set(scaling) <= set(LAYER_TYPES)
-        if isinstance(scaling, dict) and not per_type:
-            rope = _rope_settings(scaling, values.get("rotary_base", 10000.0))
-            values["rotary_scale"] = rope["scale"]
-            if rope["llama3"]:
-                extras["rope_llama3"] = rope["llama3"]
+        _global_rope(values, extras)
     values["family"] = spec.family
+    if extras.get("position_rule") == "padding_offset":  # RoBERTa: forward.run; the table's first rows unused
+        pad = extras.get("padding_idx")
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < values["n_ctx"] - 1:
+            raise CheckpointError(f"config value pad_token_id={str(pad)[:40]!r} must be an integer 0 … "
+                                  f"{values['n_ctx'] - 2} (RoBERTa's positions start at pad_token_id + 1)")
+        values["n_ctx"] -= pad + 1  # the longest prompt: its last token reads the table's last row
+    elif extras.get("position_rule") is not None:
+        raise CheckpointError(f"unsupported position rule {str(extras['position_rule'])[:40]!r}",
+                              "tcli computes padding_offset (RoBERTa's)")
     extras.update(_layer_windows(values, extras))
     if values.get("positional") == "rotary":
         extras["layer_rope"] = _layer_rope(values, extras)
+    extras["moe_layers"] = _moe_layers(values, extras)
     if "query_pre_attn_scalar" in extras:  # Gemma 2/3: scores scaled by query_pre_attn_scalar^-1/2
         v = extras["query_pre_attn_scalar"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -334,12 +338,54 @@ def build_config(spec: FamilySpec, raw: dict) -> ModelConfig:
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def _rope_settings(scaling: dict, base) -> dict:
-    """{base, scale, llama3} of one RoPE parameter dict (``rope_scaling`` or ``rope_parameters``)."""
+def _global_rope(values: dict, extras: dict) -> None:
+    """The model's RoPE settings from a ``rope_scaling`` / ``rope_parameters`` dict that is not keyed by layer
+    type: ``extras["rope"]`` (and ``rotary_scale`` for linear scaling)."""
+    scaling = extras.get("rope_scaling")
+    per_type = isinstance(scaling, dict) and scaling and set(scaling) <= set(LAYER_TYPES)
+    if not isinstance(scaling, dict) or per_type:
+        return
+    rope = _rope_settings(scaling, values.get("rotary_base", 10000.0), values["n_ctx"], extras.get("rope_original_ctx"))
+    values["rotary_scale"] = rope["scale"]
+    extras["rope"] = rope
+    half = values["rotary_dim"] // 2
+    if rope.get("longrope") and {len(rope["longrope"]["short"]), len(rope["longrope"]["long"])} != {half}:
+        raise CheckpointError(f"config rope_scaling: short_factor and long_factor must each have rotary_dim / 2 = "
+                              f"{half} entries")
+
+
+def _moe_layers(values: dict, extras: dict) -> tuple[int, ...]:
+    """The layers whose MLP is a mixture of experts, as transformers decides (Qwen2/3-MoE): layer l unless
+    it is in ``mlp_only_layers`` or (l + 1) is not a multiple of ``decoder_sparse_step`` (Mixtral: every layer)."""
+    if not values.get("n_experts"):
+        return ()
+    step, dense = extras.get("decoder_sparse_step", 1), extras.get("mlp_only_layers") or []
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise CheckpointError(f"config value decoder_sparse_step={str(step)[:40]!r} must be an integer ≥ 1")
+    if not isinstance(dense, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in dense):
+        raise CheckpointError(f"config value mlp_only_layers={str(dense)[:40]!r} must be a list of layer indices")
+    return tuple(l for l in range(values["n_layers"]) if l not in dense and (l + 1) % step == 0)
+
+
+ROPE_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor", "low_freq_factor",
+             "high_freq_factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "truncate", "attention_factor", "short_factor", "long_factor"}
+
+
+def _rope_settings(scaling: dict, base, n_ctx: int = 0, original=None) -> dict:
+    """{base, scale, llama3, yarn, longrope, dynamic} of one RoPE parameter dict (``rope_scaling`` or
+    ``rope_parameters``), as transformers' rope init functions read it; ``n_ctx`` (max_position_embeddings)
+    and ``original`` (a top-level original_max_position_embeddings) are the fall-backs they use."""
     kind = scaling.get("rope_type", scaling.get("type", "default"))
+    unknown = sorted(set(scaling) - ROPE_KEYS)
+    if unknown:  # a key transformers' rope functions read that tcli does not would be silently left out
+        raise CheckpointError(f"config rope_parameters key '{unknown[0]}' is not computed by tcli",
+                              f"tcli reads {', '.join(sorted(ROPE_KEYS))}")
     out = {"base": scaling.get("rope_theta", base), "scale": 1.0, "llama3": None}
     if isinstance(out["base"], bool) or not isinstance(out["base"], (int, float)) or not out["base"] > 0:
         raise CheckpointError(f"config value rope_theta={str(out['base'])[:40]!r} must be a positive number")
+    if scaling.get("original_max_position_embeddings") is None and original is not None:  # older configs: top level
+        scaling = {**scaling, "original_max_position_embeddings": original}
     if kind == "linear":
         out["scale"] = _positive_number(scaling, "factor")
     elif kind == "llama3":
@@ -347,9 +393,56 @@ def _rope_settings(scaling: dict, base) -> dict:
                          ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
         if out["llama3"]["low_freq_factor"] >= out["llama3"]["high_freq_factor"]:
             raise CheckpointError("config rope_scaling: low_freq_factor must be below high_freq_factor")
+    elif kind == "dynamic":  # NTK-aware: the base grows with prompts longer than n_ctx (which tcli refuses)
+        out["dynamic"] = {"factor": _positive_number(scaling, "factor"), "n_ctx": n_ctx}
+    elif kind == "yarn":
+        orig = _positive_number(scaling, "original_max_position_embeddings")
+        factor = _positive_number(scaling, "factor") if scaling.get("factor") is not None else n_ctx / orig
+        out["yarn"] = {"factor": factor, "original": orig, "truncate": scaling.get("truncate", True) is not False,
+                       "beta_fast": _optional(scaling, "beta_fast", 32.0),
+                       "beta_slow": _optional(scaling, "beta_slow", 1.0),
+                       "attention_factor": _yarn_attention_factor(scaling, factor)}
+    elif kind == "longrope":
+        orig = _positive_number(scaling, "original_max_position_embeddings")
+        factor = _positive_number(scaling, "factor") if scaling.get("factor") is not None else n_ctx / orig
+        attention = scaling.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        out["longrope"] = {"short": _factor_list(scaling, "short_factor"), "long": _factor_list(scaling, "long_factor"),
+                           "original": orig, "attention_factor": _positive_number({"a": attention}, "a")}
     elif kind not in (None, "default"):
-        raise CheckpointError(f"unsupported RoPE scaling '{kind}'", "tcli computes default, linear and llama3 RoPE")
+        raise CheckpointError(f"unsupported RoPE scaling '{kind}'",
+                              "tcli computes default, linear, llama3, dynamic, yarn and longrope RoPE")
     return out
+
+
+def _optional(scaling: dict, key: str, default: float) -> float:
+    return _positive_number(scaling, key) if scaling.get(key) else default  # transformers: `or default`
+
+
+def _yarn_attention_factor(scaling: dict, factor: float) -> float:
+    """YaRN's factor on cos and sin: attention_factor, else 0.1 ln(s) + 1 (with mscale / mscale_all_dim: their
+    ratio), 1 for s ≤ 1 (transformers' get_mscale)."""
+    if scaling.get("attention_factor") is not None:
+        return _positive_number(scaling, "attention_factor")
+
+    def mscale(s, m=1.0):
+        return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+    m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if m and m_all:
+        return mscale(factor, _positive_number(scaling, "mscale")) / mscale(factor, _positive_number(scaling,
+                                                                                                     "mscale_all_dim"))
+    return mscale(factor)
+
+
+def _factor_list(scaling: dict, key: str) -> list[float]:
+    v = scaling.get(key)
+    ok = isinstance(v, list) and v and all(not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+                                            and x > 0 for x in v)
+    if not ok:
+        raise CheckpointError(f"config value rope_scaling.{key} must be a list of positive numbers")
+    return [float(x) for x in v]
 
 
 def _layer_rope(values: dict, extras: dict) -> list | None:
@@ -367,10 +460,11 @@ def _layer_rope(values: dict, extras: dict) -> list | None:
         missing = sorted(set(kinds) - set(scaling))
         if missing:
             raise CheckpointError(f"config rope_parameters has no entry for the layer type {missing[0]}")
-        table = {t: _rope_settings(scaling[t], values.get("rotary_base", 10000.0)) for t in scaling}
+        table = {t: _rope_settings(scaling[t], values.get("rotary_base", 10000.0), values["n_ctx"],
+                                   extras.get("rope_original_ctx")) for t in scaling}
     else:
-        table = {"full_attention": {"base": values.get("rotary_base", 10000.0),
-                                    "scale": values.get("rotary_scale", 1.0), "llama3": extras.get("rope_llama3")},
+        table = {"full_attention": extras.get("rope") or {"base": values.get("rotary_base", 10000.0),
+                                                          "scale": values.get("rotary_scale", 1.0), "llama3": None},
                  "sliding_attention": _rope_settings({"rope_theta": local}, 10000.0)}
     return [table[k] for k in kinds]
 
@@ -411,6 +505,8 @@ def _layer_windows(values: dict, extras: dict) -> dict:
         raise CheckpointError("config value layer_types must list full_attention or sliding_attention for each "
                               f"of the {n} layers")
     kinds = {"layer_kinds": types}
+    if window == 0 and extras.get("use_sliding_window") is False and "sliding_attention" not in (types or ()):
+        window = None  # Qwen2-MoE writes sliding_window 0 when use_sliding_window is false
     if window is None or window is False:
         return {"layer_windows": None, "sliding_window": None, **kinds}
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
@@ -429,13 +525,14 @@ def _layer_windows(values: dict, extras: dict) -> dict:
 
 
 INTS = {"n_layers": 0, "n_heads": 1, "d_model": 1, "d_head": 1, "d_vocab": 1, "n_ctx": 1, "n_kv_heads": 1,
-        "d_mlp": 0, "rotary_dim": 0, "n_token_types": 0}
+        "d_mlp": 0, "rotary_dim": 0, "n_token_types": 0, "n_experts": 0, "experts_per_token": 0, "d_expert": 0,
+        "d_shared_expert": 0}
 POSITIVE_FLOATS = ("eps", "rotary_base", "rotary_scale")
 BOOLS = ("gated_mlp", "attn_only", "parallel_attn_mlp", "tied_embeddings", "causal", "final_norm", "embed_norm",
-         "scale_attn", "scale_attn_by_layer")
+         "scale_attn", "scale_attn_by_layer", "norm_topk_prob")
 CHOICES = {"norm": ("layernorm", "rmsnorm", "none"), "norm_placement": NORM_PLACEMENTS,
-           "positional": ("learned", "rotary", "none"), "qk_norm": QK_NORMS}
-NONNEGATIVE_FLOATS = ("attn_scale", "attn_softcap", "final_softcap")  # 0: off (the default)
+           "positional": POSITIONALS, "qk_norm": QK_NORMS}
+NONNEGATIVE_FLOATS = ("attn_scale", "attn_softcap", "final_softcap", "clip_qkv")  # 0: off (the default)
 MAX_DIM = 1 << 31  # no tensor dimension of a real checkpoint comes near this
 
 
@@ -465,17 +562,51 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
     for key, names in CHOICES.items():
         if getattr(cfg, key) not in names:
             bad(key, getattr(cfg, key), "one of " + ", ".join(names))
+    if cfg.positional == "alibi" and (not cfg.causal or cfg.extras.get("alibi_rounding", "float32") not in
+                                      ("float32", "bfloat16") or not isinstance(cfg.extras.get("alibi_scaled"), bool)):
+        bad("positional", "alibi", "causal, with alibi_rounding float32 or bfloat16 and alibi_scaled true or false")
     window = cfg.extras.get("sliding_window")
     if window is not None and window is not False and (isinstance(window, bool) or not isinstance(window, int)
                                                          or window <= 0):
         bad("sliding_window", window, "a positive integer (or null)")
+    if cfg.n_experts:
+        _check_moe(cfg, bad)
     return cfg
+
+
+def _check_moe(cfg: ModelConfig, bad) -> None:
+    """A mixture-of-experts config tcli computes: top-k of at most n_experts, positive expert widths, gated
+    experts in a pre-RMSNorm model (the router, the experts and the shared expert read ln2's output)."""
+    if not 1 <= cfg.experts_per_token <= cfg.n_experts:
+        bad("experts_per_token", cfg.experts_per_token, f"between 1 and n_experts={cfg.n_experts}")
+    if cfg.extras.get("moe_layers") and not cfg.d_expert:
+        bad("d_expert", cfg.d_expert, "an integer ≥ 1 (the experts' hidden width)")
+    if not cfg.gated_mlp or cfg.attn_only or cfg.norm != "rmsnorm" or cfg.norm_placement != "pre" \
+            or cfg.parallel_attn_mlp:
+        raise CheckpointError("mixture-of-experts MLPs are computed for pre-RMSNorm models with gated experts only "
+                              f"(this {cfg.family} config: norm {cfg.norm}, placement {cfg.norm_placement})")
 
 
 def rotary_permutation(rotary_dim: int, d_head: int) -> np.ndarray:
     """Head coordinates in rotate-half order: interleaved rotary pairs (2i, 2i + 1) (GPT-J, Cohere) become
     (i, i + rotary_dim/2). The same permutation of q's and k's coordinates leaves every score q·k unchanged."""
     return np.concatenate([np.arange(0, rotary_dim, 2), np.arange(1, rotary_dim, 2), np.arange(rotary_dim, d_head)])
+
+
+def rope_attention_factor(cfg: ModelConfig, layer: int | None) -> float:
+    """YaRN's / LongRoPE's attention factor of layer ``layer``'s RoPE: transformers multiplies cos and sin by
+    it, which is the same as multiplying the rotary coordinates of q and k by it (rotation is linear), so tcli
+    folds it into W_Q, b_Q, W_K, b_K (or the QK-norm weights) when they are read: exact for the forward pass
+    and for every QK circuit. 1 for other RoPE types."""
+    if cfg.positional != "rotary":
+        return 1.0
+    per_layer = cfg.extras.get("layer_rope")
+    own = per_layer is not None and layer is not None and per_layer[layer]
+    rope = per_layer[layer] if own else cfg.extras.get("rope")
+    for kind in ("yarn", "longrope"):
+        if rope and rope.get(kind):
+            return float(rope[kind]["attention_factor"])
+    return 1.0
 
 
 def nonfinite(arr: np.ndarray, chunk: int = 1 << 24) -> int:
@@ -495,6 +626,8 @@ class Weights:
         self.shapes = canonical_shapes(self.cfg)
         self._cache: dict[str, np.ndarray] = {}
         self._rules = []
+        # where the RoPE attention factor goes: after QK-norm when there is one (it would normalise it away)
+        self._rope_scaled = ("q_norm_w", "k_norm_w") if self.cfg.qk_norm != "none" else ("W_Q", "W_K", "b_Q", "b_K")
         for template, rule in ckpt.spec.tensors.items():
             pattern = re.escape(template).replace(r"\{l\}", r"(\d+)")
             self._rules.append((re.compile(pattern + "$"), rule))
@@ -535,16 +668,36 @@ class Weights:
             raise CheckpointError(f"the {self.cfg.family} layout's {what} '{expr}' is not a finite number")
         return float(value)
 
+    def _rows(self, expr, what: str, most: int, src: str) -> int:
+        """A rule's ``index``/``drop_rows``: an integer 0 … ``most``, or an expression over config values."""
+        value = self._number(expr, what) if isinstance(expr, str) else expr
+        if value != int(value) or not 0 <= value <= most:
+            raise CheckpointError(f"tensor {src}: the {self.cfg.family} layout's {what} '{expr}' is {value:g}, "
+                                  f"not an integer 0 … {most}")
+        return int(value)
+
     def _source(self, rule, layer) -> str | None:
         froms = rule.get("from") or []
         froms = [froms] if isinstance(froms, str) else list(froms)
         if "tied" in rule and (self.cfg.tied_embeddings or not froms):
             froms = froms + [rule["tied"]]
         for src in froms:
-            src = src.replace("{l}", str(layer))
+            src = src.replace("{l}", str(layer)).replace("{e}", "0")  # {e}: expert 0 of a stacked rule
             for prefix in ("",) + self.ckpt.spec.prefixes:
                 if prefix + src in self.ckpt.index:
                     return prefix + src
+        return None
+
+    def _experts(self, rule, layer, src: str) -> list[str] | None:
+        """The stored names of every expert when ``src`` (from ``_source``) came from a ``{e}`` template
+        (expert e of n_experts, stacked on a new first axis), else None."""
+        froms = rule.get("from") or []
+        for tpl in [froms] if isinstance(froms, str) else froms:
+            if "{e}" in tpl:
+                tpl = tpl.replace("{l}", str(layer))
+                for prefix in ("",) + self.ckpt.spec.prefixes:
+                    if prefix + tpl.replace("{e}", "0") == src:
+                        return [prefix + tpl.replace("{e}", str(e)) for e in range(self.cfg.n_experts)]
         return None
 
     def _reshape(self, arr: np.ndarray, rule: dict, name: str, src: str) -> np.ndarray:
@@ -552,11 +705,13 @@ class Weights:
         expansion, rotary_pairs (docs/families.md)."""
         last = name.rsplit(".", 1)[-1]
         if "slice" in rule:  # rows [start, stop) of the first axis: one part of a fused tensor of unequal parts
-            start, stop = (int(self._number(x, f"{name} slice")) for x in rule["slice"])
-            if not 0 <= start < stop <= arr.shape[0]:
-                raise CheckpointError(f"tensor {src} has {arr.shape[0]} rows, too few for rows {start}:{stop} "
-                                      f"({name})")
-            arr = arr[start:stop]
+            start, stop, *every = (int(self._number(x, f"{name} slice")) for x in rule["slice"])
+            every = every[0] if every else arr.shape[0]  # [start, stop, every]: in each block of `every` rows
+            if not 0 <= start < stop <= every or arr.shape[0] % every:
+                raise CheckpointError(f"tensor {src} has {arr.shape[0]} rows, which do not hold rows {start}:{stop} "
+                                      f"of blocks of {every} ({name})")
+            arr = arr.reshape(arr.shape[0] // every, every, *arr.shape[1:])[:, start:stop]
+            arr = arr.reshape(-1, *arr.shape[2:])
         if "rearrange" in rule:
             sizes = dict(h=self.cfg.n_heads, k=self.cfg.n_kv_heads, e=self.cfg.d_head, d=self.cfg.d_model,
                          m=self.cfg.d_mlp, v=self.cfg.d_vocab, n=self.cfg.n_ctx, three=3)
@@ -564,11 +719,12 @@ class Weights:
                 arr = rearrange(arr, rule["rearrange"], sizes)
             except ValueError as exc:
                 raise CheckpointError(f"tensor {src} has the wrong shape for {name}: {exc}") from None
-        if "index" in rule:
-            arr = arr[rule["index"]]
-        if rule.get("drop_rows"):  # e.g. OPT's learned positions start at row 2
-            arr = arr[rule["drop_rows"]:]
-        kv = ("W_K", "W_V", "b_K", "b_V") + (("k_norm_w",) if self.cfg.qk_norm == "full" else ())
+        if "index" in rule:  # an integer, or an expression over config values (RoBERTa's padding_idx)
+            index = rule["index"]
+            arr = arr[self._rows(index, f"{name} index", arr.shape[0] - 1, src) if isinstance(index, str) else index]
+        if rule.get("drop_rows"):  # e.g. OPT's learned positions start at row 2 (RoBERTa's: padding_idx + 1)
+            arr = arr[self._rows(rule["drop_rows"], f"{name} drop_rows", arr.shape[0], src):]
+        kv = ("W_K", "W_V", "b_K", "b_V") + (("k_norm_w",) if self.cfg.qk_norm in ("full", "head_layernorm") else ())
         if last in kv and arr.shape[:1] == (self.cfg.n_kv_heads,) != (self.cfg.n_heads,):
             # query head h uses KV head h // group
             arr = np.repeat(arr, self.cfg.n_heads // self.cfg.n_kv_heads, axis=0)
@@ -594,14 +750,35 @@ class Weights:
                 return (np.zeros if rule["missing"] == "zeros" else np.ones)(shape, self.dtype)
             wanted = rule.get("from") or rule.get("tied")
             raise CheckpointError(f"checkpoint has no tensor {wanted!r} (needed for {name})".replace("{l}", str(layer)))
+        experts = self._experts(rule, layer, src)
+        if experts is not None:
+            missing = [n for n in experts if n not in self.ckpt.index]
+            if missing:
+                raise CheckpointError(f"checkpoint has no tensor {missing[0]!r} (the config says "
+                                      f"n_experts={self.cfg.n_experts}; needed for {name})")
+            arr = np.stack([self._read(rule, name, src_e, layer) for src_e in experts])
+            if arr.shape != shape:
+                raise CheckpointError(f"tensors {experts[0]}… stack to shape {list(arr.shape)}, expected "
+                                      f"{list(shape)} for {name}")
+            return arr
+        return self._read(rule, name, src, layer, shape)
+
+    def _read(self, rule, name: str, src: str, layer, shape=None) -> np.ndarray:
+        """One stored tensor in ``name``'s layout, widened to the compute dtype (``shape``: checked)."""
+        last = name.rsplit(".", 1)[-1]
         file = self.ckpt.index[src]
         if file.infos[src].dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"tensor {src} is stored as {file.infos[src].dtype}, not as floating point weights")
         arr = self._reshape(file.read_storage(src), rule, name, src)  # memory-mapped; rearranged in its stored
         # (narrower) type, then widened
-        if arr.shape != shape:
+        if shape is not None and arr.shape != shape:
             raise CheckpointError(f"tensor {src} has shape {list(arr.shape)}, expected {list(shape)} for {name}")
         arr = widen(arr, file.infos[src].dtype, self.dtype)
+        factor = rope_attention_factor(self.cfg, layer) if last in self._rope_scaled else 1.0
+        if factor != 1.0:  # YaRN / LongRoPE multiply cos and sin (so q's and k's rotary coordinates) by it
+            scale = np.ones(arr.shape[-1], self.dtype)
+            scale[:self.cfg.rotary_dim] = factor
+            arr = arr * scale  # a new array: ``arr`` may be the read-only memory map
         for key in ("offset", "scale"):  # Gemma's norm weights 1 + w; embedding and residual multipliers
             if key in rule:
                 value = self.dtype.type(self._number(rule[key], f"{name} {key}"))

@@ -8,8 +8,13 @@ A spec (see ``families/*.yaml`` and docs/families.md) has:
   config:   ModelConfig field -> config.json key, or {keys: [k, a.b], default: expr, map: {...}}
   fixed:    ModelConfig field -> constant
   tensors:  canonical name (``{l}`` = layer) -> {from: src | [srcs], tied: src,
-            slice: [start, stop], rearrange: pattern, index: i, missing: zeros | ones, drop_rows: n,
+            slice: [start, stop] | [start, stop, every], rearrange: pattern, index: i, missing: zeros | ones,
+            drop_rows: n,
             rotary_pairs: interleaved, offset: expr, scale: expr}  (applied in that order; docs/families.md)
+A ``{e}`` in a ``from`` name stacks experts: the names for e = 0 … n_experts − 1 are read, each through
+the rule's steps, and stacked on a new first axis (mixture-of-experts layers: [E, …]); ``{e}`` only in ``from``.
+``slice: [start, stop, every]`` takes rows [start, stop) of each consecutive block of ``every`` rows (a
+fused tensor laid out per group, e.g. Falcon's [groups × (q heads, k, v)]; the parts keep their order).
 Rearrange patterns use einops grammar with the sizes h=n_heads, k=n_kv_heads, e=d_head,
 d=d_model, m=d_mlp, v=d_vocab, n=n_ctx, three=3.
 """
@@ -28,6 +33,7 @@ import yaml
 from ..errors import CheckpointError, InputError
 
 FAMILY_DIR = Path(__file__).parent / "families"
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where installed: ~10x faster
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _load_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as exc:
         raise InputError(f"cannot read architecture file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -175,18 +181,22 @@ def _check_tensor_rule(name: str, rule, bad) -> None:
     for key in ("tied", "rearrange"):
         if not isinstance(rule.get(key, ""), str):
             bad(f"tensors.{name}.{key}", "a string")
-    if "index" in rule and (not isinstance(rule["index"], int) or isinstance(rule["index"], bool)):
-        bad(f"tensors.{name}.index", "an integer")
+    if "{e}" in rule.get("tied", "") or "{e}" in name:
+        bad(f"tensors.{name}", "a rule with {e} (experts, stacked) in its from names only")
+    if "index" in rule and (not isinstance(rule["index"], (int, str)) or isinstance(rule["index"], bool)):
+        bad(f"tensors.{name}.index", "an integer or an expression over config values")
     if rule.get("missing", "zeros") not in ("zeros", "ones"):
         bad(f"tensors.{name}.missing", "zeros or ones")
-    if "drop_rows" in rule and (not isinstance(rule["drop_rows"], int) or isinstance(rule["drop_rows"], bool)
-                                or rule["drop_rows"] < 0):
-        bad(f"tensors.{name}.drop_rows", "an integer ≥ 0")
+    if "drop_rows" in rule and (isinstance(rule["drop_rows"], bool) or not isinstance(rule["drop_rows"], (int, str))
+                                or isinstance(rule["drop_rows"], int) and rule["drop_rows"] < 0):
+        bad(f"tensors.{name}.drop_rows", "an integer ≥ 0 or an expression over config values (RoBERTa's "
+            "padding_idx + 1)")
     if rule.get("rotary_pairs", "interleaved") != "interleaved":
         bad(f"tensors.{name}.rotary_pairs", "interleaved")
-    if "slice" in rule and (not isinstance(rule["slice"], list) or len(rule["slice"]) != 2 or any(
+    if "slice" in rule and (not isinstance(rule["slice"], list) or len(rule["slice"]) not in (2, 3) or any(
             isinstance(x, bool) or not isinstance(x, (int, str)) for x in rule["slice"])):
-        bad(f"tensors.{name}.slice", "[start, stop]: two integers or expressions over config values")
+        bad(f"tensors.{name}.slice", "[start, stop] or [start, stop, every]: integers or expressions over config "
+            "values")
     for key in ("offset", "scale"):
         if key in rule and (isinstance(rule[key], bool) or not isinstance(rule[key], (int, float, str))):
             bad(f"tensors.{name}.{key}", "a number or an expression over config values")
@@ -205,9 +215,16 @@ def builtin_names() -> list[str]:
 
 
 def detect(config: dict, tensor_names) -> FamilySpec:
-    """The built-in family whose ``detect`` rules match the config or, failing that, the tensor names."""
-    specs = [builtin_spec(n) for n in builtin_names()]
-    for spec in specs:
+    """The built-in family whose ``detect`` rules match the config or, failing that, the tensor names.
+    The family file named after the config's model_type is tried first, so that usually one file is read
+    (no two built-in families claim the same model_type or architecture: tests/test_families_strict.py)."""
+    first = config.get("model_type")
+    names = builtin_names()
+    if isinstance(first, str) and first in names:
+        names.remove(first)
+        names.insert(0, first)
+    for name in names:
+        spec = builtin_spec(name)
         if spec.matches(config, tensor_names):
             return spec
     seen = sorted(tensor_names)
