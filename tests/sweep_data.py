@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # /work/shared/data/…
+SHIPPED_CORPUS = ROOT / "tests" / "data" / "tinyshakespeare_100k.txt"  # ../shared/data/tinyshakespeare.txt[:100000]
 TOKENIZER = ROOT / "sample_weights" / "attn-only-2l" / "tokenizer.json"
 REPO = "tiny/shakespeare-2l"
 STEPS = (0, 50, 100, 200)
@@ -54,11 +54,9 @@ def _tokens(n_chars: int = 100_000) -> np.ndarray:
 
 
 def _corpus() -> str:
-    path = CORPUS if CORPUS.exists() else Path(os.environ.get("TCLI_CORPUS", CORPUS))
-    if path.exists():
-        return path.read_text(encoding="utf-8")
-    # no shared/ folder (a bare clone): the samples' tokenizer still tokenizes any English; use the README
-    return (ROOT / "README.md").read_text(encoding="utf-8") * 20
+    """The first 100,000 characters of ../shared/data/tinyshakespeare.txt, shipped in tests/data so that every
+    checkout (a bare clone without shared/ too) trains the same run."""
+    return SHIPPED_CORPUS.read_text(encoding="utf-8")
 
 
 def _save(path: Path, params: dict, vocab: int, tokenizer: Path | None = TOKENIZER) -> Path:
