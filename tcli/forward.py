@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import ModelConfig, moe_layer
+from .model import ModelConfig, layer_rope, moe_layer
 
 
 # ------------------------------------------------------------------ elementwise functions
@@ -125,15 +125,6 @@ def layer_norm(cfg: ModelConfig, w, name: str, x: np.ndarray) -> tuple[np.ndarra
 
 
 # ------------------------------------------------------------------ rotary
-def layer_rope(cfg: ModelConfig, layer: int | None) -> dict:
-    """Layer ``layer``'s rotary settings {base, scale, llama3, yarn, longrope, dynamic} (per-layer bases:
-    Gemma 3's local/global layers); ``None``: the model's global settings."""
-    per_layer = cfg.extras.get("layer_rope")
-    if layer is not None and per_layer is not None and per_layer[layer] is not None:
-        return per_layer[layer]
-    return cfg.extras.get("rope") or {"base": cfg.rotary_base, "scale": cfg.rotary_scale}
-
-
 def rotary_tables(cfg: ModelConfig, positions: np.ndarray, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [T, rotary_dim / 2] for rotate-half RoPE: θ_i = base^(-2i / rotary_dim), angles p·θ_i / scale,
     rescaled as the RoPE type says (llama3, yarn, longrope, dynamic). LongRoPE and dynamic NTK depend on the
@@ -373,7 +364,7 @@ def mlp(cfg: ModelConfig, w, l: int, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     gated (SwiGLU): hidden = act(x W_gate + b_gate) * (x W_in + b_in). Attention-only: (0, None)."""
     if cfg.attn_only:
         return np.zeros_like(x), None
-    if cfg.n_experts and moe_layer(cfg, l):
+    if moe_layer(cfg, l):
         return moe_mlp(cfg, w, l, x)
     p = f"blocks.{l}.mlp."
     pre = x @ w[p + "W_in"] + w[p + "b_in"]

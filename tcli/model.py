@@ -107,6 +107,20 @@ def moe_layer(cfg: ModelConfig, l: int) -> bool:
     return bool(cfg.n_experts) and l in cfg.extras.get("moe_layers", ())
 
 
+def has_moe(cfg: ModelConfig) -> bool:
+    """Whether any layer's MLP is a mixture of experts."""
+    return bool(cfg.n_experts) and bool(cfg.extras.get("moe_layers"))
+
+
+def layer_rope(cfg: ModelConfig, layer: int | None) -> dict:
+    """Layer ``layer``'s rotary settings {base, scale, llama3, yarn, longrope, dynamic} (per-layer bases:
+    Gemma 3's local/global layers); ``None``: the model's global settings."""
+    per_layer = cfg.extras.get("layer_rope")
+    if layer is not None and per_layer is not None and per_layer[layer] is not None:
+        return per_layer[layer]
+    return cfg.extras.get("rope") or {"base": cfg.rotary_base, "scale": cfg.rotary_scale}
+
+
 def canonical_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Expected shape of every canonical tensor name (templates with ``{l}`` expanded)."""
     d, H, e, V, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.d_mlp

@@ -31,7 +31,7 @@ import re
 
 import numpy as np
 
-from .model import ModelConfig
+from .model import ModelConfig, has_moe
 
 STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "fold_qk_norm",
          "fold_sublayer_norms", "fold_embed_norm")
@@ -83,7 +83,7 @@ def circuit_notes(cfg: ModelConfig, steps: tuple[str, ...]) -> list[str]:
         how = "folded into W_O, b_O, W_out, b_out" if "fold_sublayer_norms" in steps else "not folded (--raw)"
         notes.append(f"norms on the attention/MLP outputs: their weights are {how}; the per-position 1/rms is "
                      "left out (OV circuits and neuron writes are exact up to a positive factor per position)")
-    if cfg.n_experts and cfg.extras.get("moe_layers"):
+    if has_moe(cfg):
         notes.append(f"mixture of experts: {cfg.n_experts} experts, top-{cfg.experts_per_token} per token"
                      + (" and a shared expert" if cfg.d_shared_expert else "") + f", in {len(cfg.extras['moe_layers'])}"
                      f" of {cfg.n_layers} layers; weight circuits do not read MLPs (neuron commands are refused)")

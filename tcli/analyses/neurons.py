@@ -33,6 +33,7 @@ import numpy as np
 from ..core.factored import Factored
 from ..core.stream import topk_rows
 from ..errors import InputError
+from ..model import has_moe
 from ..output.table import Table
 from .. import columns
 
@@ -45,7 +46,7 @@ CENSUS_TOKENS = 5  # tokens listed in the census column top_tokens
 def check_mlp(cfg) -> None:
     if cfg.attn_only or not cfg.d_mlp:
         raise InputError("this model is attention-only: it has no MLP neurons")
-    if cfg.n_experts and cfg.extras.get("moe_layers"):
+    if has_moe(cfg):
         raise InputError(f"this {cfg.family} model's MLPs are mixtures of experts ({cfg.n_experts} experts per layer): "
                          "neuron commands read one [d, m] MLP per layer and are not computed for them")
 

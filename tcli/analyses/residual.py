@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..forward import Cache, Norm, run
+from ..model import has_moe
 from ..output.table import Figure, Table
 from .. import columns
 
@@ -137,7 +138,7 @@ def decompose(w, vocab, tokens, position: int, target: int | None, minus: int | 
     if neurons is not None:
         if cfg.attn_only or not cfg.d_mlp:
             raise InputError("--neurons: this model is attention-only: it has no MLP neurons")
-        if cfg.n_experts and cfg.extras.get("moe_layers"):
+        if has_moe(cfg):
             raise InputError(f"--neurons: this {cfg.family} model's MLPs are mixtures of experts: per-neuron "
                              "attribution is not computed for them (without --neurons: one row per expert)")
         rows = _neuron_rows(pieces(cache, cfg, p, w), u, neurons)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..model import ACT_FNS, NORM_PLACEMENTS, POSITIONALS, QK_NORMS, ModelConfig, canonical_shapes
+from ..model import ACT_FNS, NORM_PLACEMENTS, POSITIONALS, QK_NORMS, ModelConfig, canonical_shapes, layer_rope
 from .safetensors import SafetensorsFile, widen
 from .spec import FamilySpec, detect, load_spec, read_config, rearrange
 
@@ -600,11 +600,9 @@ def rope_attention_factor(cfg: ModelConfig, layer: int | None) -> float:
     and for every QK circuit. 1 for other RoPE types."""
     if cfg.positional != "rotary":
         return 1.0
-    per_layer = cfg.extras.get("layer_rope")
-    own = per_layer is not None and layer is not None and per_layer[layer]
-    rope = per_layer[layer] if own else cfg.extras.get("rope")
+    rope = layer_rope(cfg, layer)
     for kind in ("yarn", "longrope"):
-        if rope and rope.get(kind):
+        if rope.get(kind):
             return float(rope[kind]["attention_factor"])
     return 1.0
 

@@ -217,7 +217,7 @@ def builtin_names() -> list[str]:
 def detect(config: dict, tensor_names) -> FamilySpec:
     """The built-in family whose ``detect`` rules match the config or, failing that, the tensor names.
     The family file named after the config's model_type is tried first, so that usually one file is read
-    (no two built-in families claim the same model_type or architecture: tests/test_families_strict.py)."""
+    (no two built-in families claim the same model_type or architecture: tests/test_family_files.py)."""
     first = config.get("model_type")
     names = builtin_names()
     if isinstance(first, str) and first in names:
